@@ -1,0 +1,45 @@
+# make install | test | demo [IMG=path.png] | bench
+# A fresh machine needs only python3 (with venv) and apt-get: everything else is installed here.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TEX_PACKAGES := texlive-latex-base texlive-latex-recommended texlive-fonts-recommended dvipng lmodern
+TEX_FILES := amsmath.sty amssymb.sty lmodern.sty mathptmx.sty mathpazo.sty txfonts.sty pxfonts.sty
+
+.PHONY: install tex test demo bench clean
+
+install: tex $(VENV)/.installed
+
+# TeX Live from Debian's packages, installed only when something is missing.
+tex:
+	@missing=0; \
+	for tool in latex dvipng kpsewhich; do command -v $$tool >/dev/null 2>&1 || missing=1; done; \
+	if [ $$missing = 0 ]; then for f in $(TEX_FILES); do kpsewhich $$f >/dev/null 2>&1 || missing=1; done; fi; \
+	if [ $$missing = 1 ]; then \
+	    if [ "$$(id -u)" = 0 ]; then \
+	        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(TEX_PACKAGES); \
+	    else \
+	        echo "TeX Live is missing; run: sudo apt-get install -y --no-install-recommends $(TEX_PACKAGES)" >&2; exit 1; \
+	    fi; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+test: install
+	$(BIN)/python -m pytest -q
+
+demo: install
+	$(BIN)/python -m pix2tex.demo $(IMG)
+
+bench: install
+	$(BIN)/python -m benchmarks.render --json
+	$(BIN)/python -m benchmarks.models --threads 2 --json
+	$(BIN)/python -m benchmarks.inference --tokens 128 --batch 1 --json
+	$(BIN)/python -m benchmarks.inference --tokens 128 --batch 8 --json
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info
