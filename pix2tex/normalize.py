@@ -1,0 +1,224 @@
+"""LaTeX normalization in the im2markup style: the one place that decides what a label looks like.
+
+Every dataset label and every prediction goes through :func:`normalize`.  The result is a
+sequence of tokens separated by single spaces, with every argument of a known command and every
+super/subscript in braces::
+
+    >>> normalize(r"x^2+\\frac12")
+    'x ^ { 2 } + \\\\frac { 1 } { 2 }'
+
+The rules are chosen so that (a) the output typesets like the input in math mode (where TeX
+ignores spaces) and (b) ``normalize(normalize(s)) == normalize(s)``.  Text-mode arguments
+(``\\text{...}``) are split into characters like the rest, which matches im2latex-100k's labels
+but loses the spaces between words; that is the one place where the rendering may differ.
+
+Everything here is a pure function of strings.
+"""
+
+from __future__ import annotations
+
+__all__ = ["tokenize", "normalize", "normalize_many", "latex_tokens"]
+
+# Commands whose arguments get braces, by number of mandatory arguments.
+_ARITY: dict[str, int] = {
+    **dict.fromkeys(
+        [r"\frac", r"\dfrac", r"\tfrac", r"\cfrac", r"\binom", r"\dbinom", r"\tbinom",
+         r"\stackrel", r"\overset", r"\underset", r"\frac"], 2),
+    **dict.fromkeys(
+        [r"\sqrt", r"\hat", r"\bar", r"\vec", r"\dot", r"\ddot", r"\dddot", r"\tilde",
+         r"\widehat", r"\widetilde", r"\overline", r"\underline", r"\overrightarrow",
+         r"\overleftarrow", r"\overleftrightarrow", r"\overbrace", r"\underbrace", r"\check",
+         r"\breve", r"\acute", r"\grave", r"\mathring", r"\mathrm", r"\mathbf", r"\mathit",
+         r"\mathcal", r"\mathbb", r"\mathfrak", r"\mathsf", r"\mathtt", r"\mathscr",
+         r"\boldsymbol", r"\bm", r"\pmb", r"\operatorname", r"\text", r"\textrm", r"\textbf",
+         r"\textit", r"\textsf", r"\texttt", r"\textnormal", r"\mbox", r"\emph", r"\boxed",
+         r"\phantom", r"\vphantom", r"\hphantom", r"\textcircled", r"\overparen",
+         r"\underparen", r"\xrightarrow", r"\xleftarrow", r"\cancel", r"\fbox"], 1),
+}
+# Commands whose (braced) argument is a TeX dimension: its characters must stay together.
+_DIMENSION_ARG = {r"\hspace": 1, r"\vspace": 1, r"\rule": 2, r"\raisebox": 1}
+# Primitive spacing commands followed by an unbraced dimension (``\kern 2pt``).
+_DIMENSION_FOLLOWS = {r"\kern", r"\mkern", r"\hskip", r"\mskip", r"\vskip"}
+# Commands that may carry an optional [argument] before their mandatory ones.
+_OPTIONAL_ARG = {r"\sqrt", r"\xrightarrow", r"\xleftarrow"}
+# Commands that accept a star form (``\operatorname*``).
+_STARRED = {r"\operatorname", r"\hspace", r"\vspace"}
+# Spellings that typeset identically; the first is folded into the second.
+_SYNONYMS = {
+    r"\sp": "^", r"\sb": "_", r"\le": r"\leq", r"\ge": r"\geq", r"\ne": r"\neq",
+    r"\to": r"\rightarrow", r"\gets": r"\leftarrow", r"\lbrace": r"\{", r"\rbrace": r"\}",
+    r"\lbrack": "[", r"\rbrack": "]", r"\dag": r"\dagger", r"\vert": "|",
+}
+
+
+def tokenize(latex: str) -> list[str]:
+    """Split LaTeX source into TeX-like tokens (control words, control symbols, characters).
+
+    Whitespace is dropped (math mode ignores it) except the control space ``\\ ``.  Comments
+    (an unescaped ``%`` to the end of the line) are dropped.  ``\\begin{env}``/``\\end{env}``
+    become one token each, as in im2markup.
+    """
+    tokens: list[str] = []
+    i, n = 0, len(latex)
+    while i < n:
+        c = latex[i]
+        if c.isspace():
+            i += 1
+        elif c == "%":
+            newline = latex.find("\n", i)
+            i = n if newline < 0 else newline + 1
+        elif c == "\\":
+            j = i + 1
+            while j < n and latex[j].isascii() and latex[j].isalpha():
+                j += 1
+            if j == i + 1:  # control symbol: backslash plus one character (or a lone backslash)
+                tokens.append(latex[i : i + 2] if i + 1 < n else "\\")
+                i += 2
+                continue
+            word = latex[i:j]
+            while j < n and latex[j].isspace():  # TeX skips spaces after a control word
+                j += 1
+            if word in (r"\begin", r"\end") and j < n and latex[j] == "{":
+                close = latex.find("}", j)
+                if close > 0:
+                    word += "{" + "".join(latex[j + 1 : close].split()) + "}"
+                    j = close + 1
+            tokens.append(word)
+            i = j
+        else:
+            tokens.append(c)
+            i += 1
+    return [_SYNONYMS.get(t, t) for t in tokens]
+
+
+def _group_end(tokens: list[str], start: int) -> int:
+    """Index just past the ``}`` matching the ``{`` at ``start`` (or len(tokens) if unbalanced)."""
+    depth = 0
+    for k in range(start, len(tokens)):
+        if tokens[k] == "{":
+            depth += 1
+        elif tokens[k] == "}":
+            depth -= 1
+            if depth == 0:
+                return k + 1
+    return len(tokens)
+
+
+def _braced(unit: list[str]) -> list[str]:
+    return unit if unit and unit[0] == "{" and _group_end(unit, 0) == len(unit) else ["{", *unit, "}"]
+
+
+def _dimension(tokens: list[str], i: int) -> tuple[list[str], int]:
+    """A braced dimension argument, glued into one token: ``{ 1 c m }`` -> ``{ 1cm }``."""
+    if i < len(tokens) and tokens[i] == "{":
+        end = _group_end(tokens, i)
+        inner = "".join(tokens[i + 1 : end - 1])
+        return (["{", inner, "}"] if inner else ["{", "}"]), end
+    return _unit(tokens, i)
+
+
+def _unit(tokens: list[str], i: int) -> tuple[list[str], int]:
+    """Parse one argument unit at ``i``: a braced group, a command with its arguments, or a token."""
+    if i >= len(tokens):
+        return [], i
+    tok = tokens[i]
+    if tok == "{":
+        end = _group_end(tokens, i)
+        closed = end <= len(tokens) and tokens[end - 1] == "}" and end - 1 > i
+        inner = _normalize_tokens(tokens[i + 1 : end - 1] if closed else tokens[i + 1 : end])
+        return ["{", *inner, "}"] if closed else ["{", *inner], end
+    if tok in _ARITY or tok in _DIMENSION_ARG:
+        out, i = [tok], i + 1
+        if tok in _STARRED and i < len(tokens) and tokens[i] == "*":
+            out.append("*")
+            i += 1
+        if tok in _OPTIONAL_ARG and i < len(tokens) and tokens[i] == "[":
+            close = _bracket_end(tokens, i)
+            out += ["[", *_normalize_tokens(tokens[i + 1 : close - 1]), "]"]
+            i = close
+        for _ in range(_ARITY.get(tok, 0) or _DIMENSION_ARG.get(tok, 0)):
+            if i >= len(tokens):
+                break
+            arg, i = _dimension(tokens, i) if tok in _DIMENSION_ARG else _unit(tokens, i)
+            out += _braced(arg)
+        return out, i
+    return [tok], i + 1
+
+
+def _bracket_end(tokens: list[str], start: int) -> int:
+    """Index just past the ``]`` closing the optional argument opened at ``start``."""
+    depth = 0
+    for k in range(start, len(tokens)):
+        if tokens[k] == "{":
+            depth += 1
+        elif tokens[k] == "}":
+            depth -= 1
+        elif tokens[k] == "]" and depth == 0:
+            return k + 1
+    return len(tokens)
+
+
+def _normalize_tokens(tokens: list[str]) -> list[str]:
+    out: list[str] = []
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if tok in ("^", "_") and i + 1 < len(tokens):
+            arg, i = _unit(tokens, i + 1)
+            out += [tok, *_braced(arg)]
+        elif tok in _DIMENSION_FOLLOWS:
+            # \kern 2pt: glue sign, digits and the two-letter unit back together.
+            j = i + 1
+            dim = ""
+            while j < len(tokens) and (tokens[j] in "+-." or tokens[j].isdigit()):
+                dim += tokens[j]
+                j += 1
+            if dim and all(len(t) == 1 and t.isalpha() for t in tokens[j : j + 2]) and j + 2 <= len(tokens):
+                dim += "".join(tokens[j : j + 2])
+                j += 2
+            out += [tok, dim] if dim else [tok]
+            i = j
+        else:
+            unit, i = _unit(tokens, i)
+            out += unit
+    return out
+
+
+def _glue_delimiters(tokens: list[str]) -> list[str]:
+    """``\\left (`` -> ``\\left(``: a sized delimiter is one token, as in im2markup."""
+    out: list[str] = []
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        nxt = tokens[i + 1] if i + 1 < len(tokens) else None
+        if tok in (r"\left", r"\right") and nxt is not None and nxt not in ("{", "}", "^", "_"):
+            out.append(tok + nxt)
+            i += 2
+        else:
+            out.append(tok)
+            i += 1
+    return out
+
+
+def latex_tokens(latex: str) -> list[str]:
+    """The normalized tokens of a formula, i.e. ``normalize(latex).split(" ")``.
+
+    A control space is written as a bare backslash: the single space that separates it from
+    the next token is the space it controls (im2markup writes ``0 \\ .`` the same way).
+    Leading and trailing control spaces are dropped: they add no ink.
+    """
+    tokens = _glue_delimiters(_normalize_tokens(tokenize(latex)))
+    while tokens and tokens[-1] == "\\ ":
+        tokens.pop()
+    while tokens and tokens[0] == "\\ ":
+        tokens.pop(0)
+    return ["\\" if t == "\\ " else t for t in tokens]
+
+
+def normalize(latex: str) -> str:
+    """Normalize a formula to space-separated im2markup-style tokens (idempotent)."""
+    return " ".join(latex_tokens(latex))
+
+
+def normalize_many(formulas: list[str]) -> list[str]:
+    return [normalize(f) for f in formulas]
