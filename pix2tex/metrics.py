@@ -1,0 +1,81 @@
+"""Evaluation metrics on normalized LaTeX tokens (pure functions).
+
+All metrics compare token sequences from :func:`pix2tex.normalize.latex_tokens`, so they do not
+depend on the BPE vocabulary and predictions of different models are comparable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import sacrebleu
+from rapidfuzz.distance import Levenshtein
+
+from pix2tex.normalize import latex_tokens
+
+__all__ = ["Scores", "bleu", "edit_distance", "token_accuracy", "exact_match", "score"]
+
+
+def _tokens(texts: Sequence[str]) -> list[list[str]]:
+    return [latex_tokens(t) for t in texts]
+
+
+def bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus BLEU-4 in [0, 1] over normalized LaTeX tokens (sacrebleu, no re-tokenization)."""
+    if not predictions:
+        return 0.0
+    hyp = [" ".join(t) for t in _tokens(predictions)]
+    ref = [" ".join(t) for t in _tokens(references)]
+    return sacrebleu.corpus_bleu(hyp, [ref], tokenize="none", force=True).score / 100.0
+
+
+def edit_distance(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Mean token-level Levenshtein distance, each normalized by the longer sequence (0 = equal)."""
+    pairs = list(zip(_tokens(predictions), _tokens(references)))
+    if not pairs:
+        return 0.0
+    return sum(Levenshtein.normalized_distance(p, r) for p, r in pairs) / len(pairs)
+
+
+def token_accuracy(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Share of reference positions whose token the prediction matches at the same position.
+
+    Counted over the whole corpus: matches / sum(max(len(pred), len(ref))), so both missing and
+    extra tokens lower the score.
+    """
+    matches = total = 0
+    for p, r in zip(_tokens(predictions), _tokens(references)):
+        matches += sum(a == b for a, b in zip(p, r))
+        total += max(len(p), len(r))
+    return matches / total if total else 1.0
+
+
+def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Share of predictions whose normalized tokens equal the reference's."""
+    pairs = list(zip(_tokens(predictions), _tokens(references)))
+    return sum(p == r for p, r in pairs) / len(pairs) if pairs else 0.0
+
+
+@dataclass(frozen=True)
+class Scores:
+    bleu: float
+    edit_distance: float
+    token_accuracy: float
+    exact_match: float
+    n: int
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return (f"BLEU {self.bleu:.4f}  edit distance {self.edit_distance:.4f}  "
+                f"token accuracy {self.token_accuracy:.4f}  exact match {self.exact_match:.4f}  (n={self.n})")
+
+
+def score(predictions: Sequence[str], references: Sequence[str]) -> Scores:
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    return Scores(bleu(predictions, references), edit_distance(predictions, references),
+                  token_accuracy(predictions, references), exact_match(predictions, references),
+                  len(predictions))
