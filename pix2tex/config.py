@@ -1,0 +1,250 @@
+"""Typed, validated settings.
+
+A YAML file (flat keys, as in the seed's ``config-hybrid.yaml``) is read into a :class:`Config`
+made of two dataclasses: :class:`ModelConfig` (what the network looks like, saved with every
+checkpoint) and :class:`TrainConfig` (data, optimisation, logging).  Every key belongs to exactly
+one of them.  A misspelled key, a value of the wrong type or a missing input file is a
+:class:`ConfigError` with one line naming the key, raised before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pix2tex.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+__all__ = [
+    "ConfigError", "ModelConfig", "TrainConfig", "Config", "load_config", "config_from_dict", "save_config",
+]
+
+
+class ConfigError(ValueError):
+    """A settings file or value is wrong; the message is one line naming the key."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network: encoder (hybrid ResNetV2+ViT or plain ViT) and Transformer decoder."""
+
+    encoder_structure: str = "hybrid"  # "hybrid" | "vit"
+    backbone_layers: list[int] = field(default_factory=lambda: [2, 3, 7])  # ResNetV2 stage depths
+    channels: int = 1
+    dim: int = 256  # width shared by encoder and decoder
+    encoder_depth: int = 4  # ViT blocks
+    heads: int = 8
+    num_layers: int = 4  # decoder blocks
+    num_tokens: int = 8000  # vocabulary size (>= the tokenizer's)
+    patch_size: int = 16
+    max_height: int = 192
+    max_width: int = 672
+    max_seq_len: int = 512  # longest token sequence the decoder handles (BOS/EOS included)
+    emb_dropout: float = 0.0
+    decoder_args: dict = field(default_factory=dict)  # extra x_transformers.Decoder arguments
+
+    def __post_init__(self) -> None:
+        if self.encoder_structure not in ("hybrid", "vit"):
+            raise ConfigError(f"encoder_structure must be 'hybrid' or 'vit', got {self.encoder_structure!r}")
+        for name in ("channels", "dim", "encoder_depth", "heads", "num_layers", "num_tokens",
+                     "patch_size", "max_height", "max_width", "max_seq_len"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.dim % self.heads:
+            raise ConfigError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+        if self.max_height % self.patch_size or self.max_width % self.patch_size:
+            raise ConfigError(
+                f"max_height/max_width ({self.max_height}x{self.max_width}) must be multiples of "
+                f"patch_size ({self.patch_size})")
+        if self.encoder_structure == "hybrid" and not self.backbone_layers:
+            raise ConfigError("backbone_layers must list at least one ResNetV2 stage for a hybrid encoder")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Data, optimisation, validation and logging settings (the seed's keys keep their meaning)."""
+
+    data: str | None = None  # train .pkl
+    valdata: str | None = None
+    testdata: str | None = None
+    tokenizer: str | None = None
+    load_chkpt: str | None = None  # start from these weights (not a resume)
+    model_path: str = "checkpoints"  # where runs are written
+    name: str = "pix2tex"  # run folder name under model_path
+    output_path: str = "outputs"
+    id: str | None = None
+    wandb: bool = False
+    debug: bool = False
+    seed: int = 42
+    epochs: int = 10
+    max_steps: int | None = None  # stop after this many optimizer steps (None: run all epochs)
+    batchsize: int = 10
+    micro_batchsize: int = -1  # -1: whole batch at once; else gradient accumulation
+    testbatchsize: int = 20
+    valbatches: int = 100  # validation batches per evaluation
+    optimizer: str = "Adam"  # "Adam" | "AdamW"
+    scheduler: str = "StepLR"  # "StepLR" | "OneCycleLR"
+    lr: float = 5e-4
+    max_lr: float = 5e-4  # OneCycleLR peak
+    pct_start: float = 0.3  # OneCycleLR warm-up share
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    gamma: float = 0.9995  # StepLR decay
+    lr_step: int = 30  # StepLR period in steps
+    clip_grad: float = 1.0
+    sample_freq: int = 1000  # validate every this many steps
+    save_freq: int = 1  # write the "last" checkpoint every this many epochs (and at each validation)
+    temperature: float = 0.2  # sampling temperature shown in validation samples
+    test_samples: int = 5
+    num_workers: int = 0  # DataLoader worker processes
+    min_height: int = 32
+    min_width: int = 32
+    max_dimensions_filter: bool = True  # drop images larger than max_height x max_width
+    augment: bool = True  # use train_transform for training batches
+    log_every: int = 10  # steps between metric lines in metrics.jsonl
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("Adam", "AdamW"):
+            raise ConfigError(f"optimizer must be 'Adam' or 'AdamW', got {self.optimizer!r}")
+        if self.scheduler not in ("StepLR", "OneCycleLR"):
+            raise ConfigError(f"scheduler must be 'StepLR' or 'OneCycleLR', got {self.scheduler!r}")
+        for name in ("batchsize", "testbatchsize", "epochs", "sample_freq", "valbatches", "lr_step"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.micro_batchsize == 0 or self.micro_batchsize < -1:
+            raise ConfigError(f"micro_batchsize must be -1 or positive, got {self.micro_batchsize}")
+        if len(self.betas) != 2:
+            raise ConfigError(f"betas must have two values, got {self.betas}")
+
+    @property
+    def micro(self) -> int:
+        return self.batchsize if self.micro_batchsize == -1 else min(self.micro_batchsize, self.batchsize)
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved flat settings, as they would be written in a YAML file."""
+        return {**dataclasses.asdict(self.model), **dataclasses.asdict(self.train)}
+
+    def replace(self, **changes: Any) -> "Config":
+        """A copy with some flat keys changed (validated like a file)."""
+        return config_from_dict({**self.to_dict(), **changes}, source="<override>", check_files=False)
+
+
+_MODEL_KEYS = {f.name: f for f in dataclasses.fields(ModelConfig)}
+_TRAIN_KEYS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+# Seed keys with a fixed meaning here: accepted only when they agree with the tokenizer module.
+_FIXED_KEYS = {"pad_token": PAD_ID, "bos_token": BOS_ID, "eos_token": EOS_ID}
+# Keys that name input files; checked for existence before any work starts.
+_FILE_KEYS = ("data", "valdata", "testdata", "tokenizer", "load_chkpt")
+# Seed spellings read as today's names.
+_ALIASES = {"test_data": "testdata", "load_ckpt": "load_chkpt"}
+
+
+def _check_type(key: str, value: Any, annotation: Any, source: str) -> Any:
+    """Return ``value`` coerced to ``annotation`` or raise a one-line ConfigError."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check_type(key, value, inner[0], source)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: '{key}' must be a list, got {value!r}")
+        return [_check_type(f"{key}[{i}]", v, args[0], source) for i, v in enumerate(value)]
+    if annotation is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: '{key}' must be a mapping, got {value!r}")
+        return dict(value)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: '{key}' must be true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: '{key}' must be an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, str):  # YAML reads 5e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: '{key}' must be a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: '{key}' must be a string, got {value!r}")
+        return value
+    raise AssertionError(f"unhandled annotation {annotation}")  # a bug in this module
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "<dict>", check_files: bool = True) -> Config:
+    """Validate flat settings into a :class:`Config`; unknown keys and bad values are errors."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of settings, got {type(raw).__name__}")
+    model_kw: dict[str, Any] = {}
+    train_kw: dict[str, Any] = {}
+    hints_model = typing.get_type_hints(ModelConfig)
+    hints_train = typing.get_type_hints(TrainConfig)
+    for key, value in raw.items():
+        key = _ALIASES.get(key, key)
+        if key in _FIXED_KEYS:
+            if value != _FIXED_KEYS[key]:
+                raise ConfigError(f"{source}: '{key}' is fixed to {_FIXED_KEYS[key]} by the tokenizer, got {value!r}")
+            continue
+        if key in _MODEL_KEYS:
+            model_kw[key] = _check_type(key, value, hints_model[key], source)
+        elif key in _TRAIN_KEYS:
+            train_kw[key] = _check_type(key, value, hints_train[key], source)
+        else:
+            known = [*_MODEL_KEYS, *_TRAIN_KEYS]
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{source}: unknown key '{key}'{hint}")
+    try:
+        config = Config(model=ModelConfig(**model_kw), train=TrainConfig(**train_kw))
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    if check_files:
+        for key in _FILE_KEYS:
+            value = getattr(config.train, key)
+            if value is not None and not os.path.exists(value):
+                raise ConfigError(f"{source}: '{key}' names a missing file: {value}")
+    return config
+
+
+def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None,
+                check_files: bool = True) -> Config:
+    """Read and validate a YAML settings file (paths in it are relative to the working directory)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{path}: not valid YAML ({first})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {type(raw).__name__}")
+    return config_from_dict({**raw, **(overrides or {})}, source=str(path), check_files=check_files)
+
+
+def save_config(config: Config, path: str | os.PathLike) -> None:
+    from pix2tex.fileio import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=True))

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pix2tex.config import ConfigError, config_from_dict, load_config, save_config
+
+SETTINGS = Path(__file__).resolve().parents[1] / "pix2tex" / "model" / "settings"
+
+
+@pytest.mark.parametrize("name", ["config-hybrid.yaml", "config-vit.yaml", "debug.yaml", "default.yaml"])
+def test_bundled_settings_validate(name):
+    config = load_config(SETTINGS / name, check_files=False)
+    assert config.model.dim % config.model.heads == 0
+    assert config.model.encoder_structure in ("hybrid", "vit")
+
+
+def test_values_are_typed():
+    config = config_from_dict({"lr": "5e-4", "dim": 128, "betas": [0.9, 0.98], "wandb": False}, check_files=False)
+    assert config.train.lr == pytest.approx(5e-4)
+    assert config.model.dim == 128
+    assert config.train.betas == [0.9, 0.98]
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"batchsise": 4}, "unknown key 'batchsise' (did you mean 'batchsize'?)"),
+    ({"dim": "wide"}, "'dim' must be an integer, got 'wide'"),
+    ({"wandb": "yes"}, "'wandb' must be true or false"),
+    ({"backbone_layers": 3}, "'backbone_layers' must be a list"),
+    ({"dim": 100, "heads": 8}, "dim (100) must be divisible by heads (8)"),
+    ({"encoder_structure": "cnn"}, "encoder_structure must be 'hybrid' or 'vit'"),
+    ({"optimizer": "SGD"}, "optimizer must be 'Adam' or 'AdamW'"),
+    ({"eos_token": 7}, "'eos_token' is fixed to 2 by the tokenizer"),
+    ({"max_width": 650}, "must be multiples of patch_size"),
+])
+def test_bad_values_are_one_line_errors(raw, message):
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(raw, source="run.yaml", check_files=False)
+    text = str(info.value)
+    assert message in text and text.startswith("run.yaml: ") and "\n" not in text
+
+
+def test_missing_input_file_is_named(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: nowhere/train.pkl\n")
+    with pytest.raises(ConfigError, match="'data' names a missing file: nowhere/train.pkl"):
+        load_config(path)
+
+
+def test_unreadable_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dim: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(scalar)
+
+
+def test_seed_aliases_and_round_trip(tmp_path):
+    config = config_from_dict({"test_data": None, "load_ckpt": None, "bos_token": 1, "dim": 64, "heads": 4},
+                              check_files=False)
+    path = tmp_path / "resolved.yaml"
+    save_config(config, path)
+    assert load_config(path, check_files=False) == config
