@@ -1,0 +1,498 @@
+"""Datasets of formula images and their LaTeX.
+
+:class:`Im2LatexDataset` keeps the seed's API (``load``/``save``/``combine``/``update``/iteration
+in size-grouped batches/``prepare_data``/``generate_tokenizer``) on plain data: image paths,
+sizes and normalized labels.  Its ``.pkl`` files hold only lists, dicts, strings and numbers, and
+:func:`load_pickle` refuses anything else, so a crafted file cannot run code.
+
+:class:`BatchDataset` wraps the same batches for ``torch.utils.data.DataLoader`` with worker
+processes; its order depends only on (seed, epoch), which is what makes ``--resume`` exact.
+
+Command line (seed)::
+
+    python -m pix2tex.dataset.dataset -e LABELS… -s VOCAB_SIZE -o tokenizer.json   # tokenizer
+    python -m pix2tex.dataset.dataset -i IMAGE_DIR -e LABELS -o OUT.pkl [--tokenizer T]  # dataset
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import os
+import pickle
+import random
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from pix2tex.dataset.transforms import test_transform, to_batch, train_transform
+from pix2tex.fileio import atomic_path
+from pix2tex.normalize import normalize
+from pix2tex.tokenizer import LatexTokenizer
+
+__all__ = [
+    "DatasetError", "Im2LatexDataset", "BatchDataset", "Batch", "read_labels", "load_pickle",
+    "load_image_gray", "main",
+]
+
+FORMAT_VERSION = 1
+
+
+class DatasetError(ValueError):
+    """A dataset file or its inputs are unusable; the message names the file and the reason."""
+
+
+# -- safe pickles ----------------------------------------------------------------------------------
+class _PlainUnpickler(pickle.Unpickler):
+    """Unpickler for plain data: any class or function reference is refused.
+
+    Lists, dicts, tuples, strings, numbers, booleans and None are encoded by pickle without
+    naming a global, so ``find_class`` is only ever reached by a file that tries to build an
+    object (``os.system``, ``builtins.eval``, numpy arrays, ...).
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: dataset files hold plain data only")
+
+
+def load_pickle(path: str | os.PathLike) -> Any:
+    """Read a .pkl written by :meth:`Im2LatexDataset.save`, refusing anything but plain data."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: dataset file not found")
+    try:
+        return _PlainUnpickler(io.BytesIO(path.read_bytes())).load()
+    except pickle.UnpicklingError as exc:
+        raise DatasetError(f"{path}: {exc}") from None
+    except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
+        raise DatasetError(f"{path}: not a dataset file ({type(exc).__name__}: {exc})") from None
+
+
+# -- images and labels ------------------------------------------------------------------------------
+def load_image_gray(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image file to a grayscale uint8 array (alpha composited over white)."""
+    with Image.open(path) as im:
+        im.load()
+        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+            rgba = im.convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            im = Image.alpha_composite(white, rgba)
+        return np.asarray(im.convert("L"))
+
+
+def _check_image(path: Path) -> tuple[int, int] | str:
+    """(width, height) of a readable image, or the reason it is unusable."""
+    try:
+        if path.stat().st_size == 0:
+            return "empty file"
+        with Image.open(path) as im:
+            im.load()  # decode fully: catches truncated and corrupt files, not only bad headers
+            return im.size
+    except FileNotFoundError:
+        return "missing image"
+    except UnidentifiedImageError:
+        return "not an image"
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        return f"unreadable image ({exc})"
+
+
+def read_labels(path: str | os.PathLike) -> list[tuple[str | None, str]]:
+    """Read a labels file as (image path or None, latex) pairs.
+
+    Two formats: ``labels.tsv`` lines ``relative/path.png<TAB>latex`` (what the renderer writes),
+    or the seed's plain formula list, one per line, whose images are named by line number.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: labels file not found")
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if lines and lines[-1] == "":
+        lines.pop()
+    pairs: list[tuple[str | None, str]] = []
+    for line in lines:
+        if "\t" in line:
+            image, latex = line.split("\t", 1)
+            pairs.append((image, latex))
+        else:
+            pairs.append((None, line))
+    return pairs
+
+
+def _plain_image_name(index: int, image_dir: Path) -> str:
+    """The seed's convention: the image of line N is N.png (we also accept zero padding)."""
+    for name in (f"{index:07d}.png", f"{index}.png"):
+        if (image_dir / name).exists():
+            return name
+    return f"{index:07d}.png"
+
+
+@dataclass
+class Batch:
+    """One prepared batch: normalized images ``[B,1,H,W]``, target ids/mask ``[B,T]``, labels."""
+
+    images: torch.Tensor
+    ids: torch.Tensor
+    mask: torch.Tensor
+    labels: list[str]
+    indices: list[int] = field(default_factory=list)
+
+
+# -- the seed's dataset class ---------------------------------------------------------------------
+class Im2LatexDataset:
+    """Images + normalized LaTeX, iterated in batches of similar size (little padding).
+
+    Args mirror the seed: ``equations`` (labels file) and ``images`` (image folder) build a new
+    dataset; ``tokenizer`` (path to tokenizer.json) is needed to iterate.  Everything stored is
+    plain data, so ``save``/``load`` round-trip through a safe pickle.
+    """
+
+    def __init__(self, equations: str | os.PathLike | None = None, images: str | os.PathLike | None = None,
+                 tokenizer: str | os.PathLike | None = None, shuffle: bool = True, batchsize: int = 16,
+                 max_seq_len: int = 512, max_dimensions: tuple[int, int] = (672, 192),
+                 min_dimensions: tuple[int, int] = (32, 32), pad: bool = False,
+                 keep_smaller_batches: bool = False, test: bool = False, patch_size: int = 16,
+                 seed: int = 42):
+        self.roots: list[str] = []
+        self.paths: list[str] = []
+        self.root_ids: list[int] = []
+        self.widths: list[int] = []
+        self.heights: list[int] = []
+        self.labels: list[str] = []
+        self.skipped: Counter[str] = Counter()
+        self.tokenizer_path: str | None = None
+        self._tokenizer: LatexTokenizer | None = None
+        self.shuffle, self.batchsize, self.max_seq_len = shuffle, batchsize, max_seq_len
+        self.max_dimensions, self.min_dimensions = tuple(max_dimensions), tuple(min_dimensions)
+        self.pad, self.keep_smaller_batches, self.test = pad, keep_smaller_batches, test
+        self.patch_size, self.seed = patch_size, seed
+        self.epoch = 0
+        self._cursor = 0
+        self._order: list[list[int]] = []
+        if equations is not None or images is not None:
+            if equations is None or images is None:
+                raise DatasetError("both equations (labels file) and images (folder) are needed to build a dataset")
+            self._build(Path(equations), Path(images))
+        if tokenizer is not None:
+            self.set_tokenizer(tokenizer)
+
+    # -- building -------------------------------------------------------------------------------
+    def _build(self, equations: Path, image_dir: Path) -> None:
+        if not image_dir.is_dir():
+            raise DatasetError(f"{image_dir}: image folder not found")
+        root = image_dir.resolve()
+        self.roots = [str(root)]
+        for index, (image, latex) in enumerate(read_labels(equations)):
+            rel = image if image is not None else _plain_image_name(index, image_dir)
+            # Image paths come from the labels file: never let one point outside the image folder.
+            full = (root / rel).resolve()
+            if not full.is_relative_to(root):
+                self._skip(equations, index, "image path outside the image folder")
+                continue
+            label = normalize(latex)
+            if not label:
+                self._skip(equations, index, "empty label")
+                continue
+            size = _check_image(full)
+            if isinstance(size, str):
+                self._skip(equations, index, size)
+                continue
+            self.paths.append(str(full.relative_to(root)))
+            self.root_ids.append(0)
+            self.widths.append(size[0])
+            self.heights.append(size[1])
+            self.labels.append(label)
+
+    def _skip(self, equations: Path, index: int, reason: str) -> None:
+        self.skipped[reason] += 1
+        print(f"warning: {equations}:{index + 1}: {reason}; left out", file=sys.stderr)
+
+    # -- persistence ----------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": "pix2tex-dataset", "version": FORMAT_VERSION,
+            "roots": list(self.roots), "paths": list(self.paths), "root_ids": list(self.root_ids),
+            "widths": list(self.widths), "heights": list(self.heights), "labels": list(self.labels),
+            "skipped": dict(self.skipped), "tokenizer": self.tokenizer_path,
+            "settings": {
+                "shuffle": self.shuffle, "batchsize": self.batchsize, "max_seq_len": self.max_seq_len,
+                "max_dimensions": list(self.max_dimensions), "min_dimensions": list(self.min_dimensions),
+                "pad": self.pad, "keep_smaller_batches": self.keep_smaller_batches, "test": self.test,
+                "patch_size": self.patch_size, "seed": self.seed,
+            },
+        }
+
+    def save(self, filename: str | os.PathLike) -> None:
+        """Write the dataset as a plain-data pickle, atomically."""
+        with atomic_path(filename) as tmp:
+            with open(tmp, "wb") as fh:
+                pickle.dump(self.to_dict(), fh, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @classmethod
+    def load(cls, filename: str | os.PathLike, tokenizer: str | os.PathLike | None = None) -> "Im2LatexDataset":
+        """Read a dataset written by :meth:`save` (safe: plain data only)."""
+        data = load_pickle(filename)
+        if not isinstance(data, dict) or data.get("format") != "pix2tex-dataset":
+            raise DatasetError(f"{filename}: not a pix2tex dataset file")
+        try:
+            ds = cls(**data["settings"])
+            n = len(data["paths"])
+            for key in ("root_ids", "widths", "heights", "labels"):
+                if len(data[key]) != n:
+                    raise DatasetError(f"{filename}: '{key}' has {len(data[key])} entries for {n} images")
+            ds.roots = [str(r) for r in data["roots"]]
+            ds.paths, ds.root_ids = list(data["paths"]), list(data["root_ids"])
+            ds.widths, ds.heights, ds.labels = list(data["widths"]), list(data["heights"]), list(data["labels"])
+            ds.skipped = Counter(data.get("skipped", {}))
+        except (KeyError, TypeError) as exc:
+            raise DatasetError(f"{filename}: malformed dataset file ({type(exc).__name__}: {exc})") from None
+        # A dataset moved together with its images still loads: try roots relative to the .pkl.
+        base = Path(filename).resolve().parent
+        for k, root in enumerate(ds.roots):
+            if not Path(root).is_dir() and (base / Path(root).name).is_dir():
+                ds.roots[k] = str(base / Path(root).name)
+        tok = tokenizer or data.get("tokenizer")
+        if tok is not None and Path(tok).is_file():
+            ds.set_tokenizer(tok)
+        elif tokenizer is not None:
+            raise DatasetError(f"{tokenizer}: tokenizer file not found")
+        return ds
+
+    # -- seed API -------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def combine(self, other: "Im2LatexDataset") -> None:
+        """Append the samples of ``other`` (its image folders are kept as separate roots)."""
+        offset = len(self.roots)
+        self.roots += other.roots
+        self.paths += other.paths
+        self.root_ids += [r + offset for r in other.root_ids]
+        self.widths += other.widths
+        self.heights += other.heights
+        self.labels += other.labels
+        self.skipped.update(other.skipped)
+        self._order = []
+
+    def update(self, **kwargs: Any) -> None:
+        """Change iteration settings (batchsize, shuffle, pad, keep_smaller_batches, test,
+        max_seq_len, max_dimensions, min_dimensions, patch_size, seed, tokenizer)."""
+        allowed = {"batchsize", "shuffle", "pad", "keep_smaller_batches", "test", "max_seq_len",
+                   "max_dimensions", "min_dimensions", "patch_size", "seed"}
+        for key, value in kwargs.items():
+            if key == "tokenizer":
+                if value is not None:
+                    self.set_tokenizer(value)
+            elif key in allowed:
+                setattr(self, key, tuple(value) if key.endswith("dimensions") else value)
+            else:
+                raise TypeError(f"update() got an unknown setting '{key}'")
+        self._order = []
+
+    def set_tokenizer(self, tokenizer: str | os.PathLike | LatexTokenizer) -> None:
+        if isinstance(tokenizer, LatexTokenizer):
+            self._tokenizer = tokenizer
+        else:
+            self._tokenizer = LatexTokenizer.load(tokenizer)
+            self.tokenizer_path = str(tokenizer)
+
+    @property
+    def tokenizer(self) -> LatexTokenizer:
+        if self._tokenizer is None:
+            raise DatasetError("dataset has no tokenizer: pass tokenizer= or call set_tokenizer()")
+        return self._tokenizer
+
+    def image_path(self, index: int) -> Path:
+        return Path(self.roots[self.root_ids[index]]) / self.paths[index]
+
+    # -- batching -------------------------------------------------------------------------------
+    def eligible(self) -> list[int]:
+        """Indices whose image fits the size limits and whose label fits max_seq_len."""
+        max_w, max_h = self.max_dimensions
+        lengths = self._label_lengths()
+        keep = []
+        for i in range(len(self)):
+            if self.widths[i] > max_w or self.heights[i] > max_h:
+                continue
+            if lengths is not None and lengths[i] > self.max_seq_len:
+                continue
+            keep.append(i)
+        return keep
+
+    def _label_lengths(self) -> list[int] | None:
+        """Token counts of all labels, computed once per tokenizer and sample set."""
+        if self._tokenizer is None:
+            return None
+        key = (id(self._tokenizer), len(self.labels))
+        if getattr(self, "_lengths_key", None) != key:
+            self._lengths = self._tokenizer.lengths(self.labels)
+            self._lengths_key = key
+        return self._lengths
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        """The batches of one epoch; a pure function of (data, settings, seed, epoch)."""
+        rng = random.Random(f"{self.seed}:{epoch}")
+        buckets: dict[tuple[int, int], list[int]] = defaultdict(list)
+        p = self.patch_size
+        min_w, min_h = self.min_dimensions
+        for i in self.eligible():
+            key = (math.ceil(max(self.heights[i], min_h) / p), math.ceil(max(self.widths[i], min_w) / p))
+            buckets[key].append(i)
+        out: list[list[int]] = []
+        # Neighbouring buckets are merged until a batch fills, so rare sizes are not dropped.
+        pending: list[int] = []
+        for key in sorted(buckets):
+            members = buckets[key]
+            if self.shuffle:
+                rng.shuffle(members)
+            pending += members
+            while len(pending) >= self.batchsize:
+                out.append(pending[: self.batchsize])
+                pending = pending[self.batchsize :]
+        if pending and (self.keep_smaller_batches or not out):
+            out.append(pending)
+        if self.shuffle:
+            rng.shuffle(out)
+        return out
+
+    def __iter__(self) -> Iterator[Batch]:
+        self._order = self.batches(self.epoch)
+        self._cursor = 0
+        return self
+
+    def __next__(self) -> Batch:
+        if self._cursor >= len(self._order):
+            self.epoch += 1
+            raise StopIteration
+        batch = self._order[self._cursor]
+        self._cursor += 1
+        return self.prepare_data(batch)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Worker processes get plain data; the tokenizer travels as its JSON text.
+        state = self.__dict__.copy()
+        state["_tokenizer"] = self._tokenizer.to_str() if self._tokenizer is not None else None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        tok = state.get("_tokenizer")
+        state["_tokenizer"] = LatexTokenizer.from_str(tok) if isinstance(tok, str) else None
+        self.__dict__.update(state)
+
+    def prepare_data(self, batch: Sequence[int], augment_seed: int | None = None) -> Batch:
+        """Load the images of ``batch``, apply the train or test transform, tokenize the labels.
+
+        ``augment_seed`` makes the training augmentation reproducible (each sample derives its
+        own seed from it), which exact resume relies on.
+        """
+        transform = test_transform() if self.test else train_transform()
+        images = []
+        for k, i in enumerate(batch):
+            image = load_image_gray(self.image_path(i))
+            if not self.test:
+                if augment_seed is not None:
+                    transform.set_random_seed((augment_seed * 1_000_003 + i) % 2**32)
+                image = transform(image=image)["image"]
+                image = _fit(image, self.max_dimensions)
+            images.append(image)
+        max_w, max_h = self.max_dimensions
+        min_w, min_h = self.min_dimensions
+        p = self.patch_size
+        if self.pad:
+            height, width = max_h, max_w
+        else:
+            height = min(max_h, max(math.ceil(max(im.shape[0], min_h) / p) * p for im in images))
+            width = min(max_w, max(math.ceil(max(im.shape[1], min_w) / p) * p for im in images))
+        labels = [self.labels[i] for i in batch]
+        ids, mask = self.tokenizer.encode(labels, max_len=self.max_seq_len)
+        return Batch(to_batch(images, p, height, width), ids, mask, labels, list(batch))
+
+    # -- tokenizer (seed) ---------------------------------------------------------------------------
+    @staticmethod
+    def generate_tokenizer(equations: Sequence[str | os.PathLike], output: str | os.PathLike,
+                           vocab_size: int) -> LatexTokenizer:
+        """Train a BPE tokenizer on the (normalized) labels of ``equations`` and save it."""
+        formulas = [normalize(latex) for path in equations for _, latex in read_labels(path)]
+        tok = LatexTokenizer.train([f for f in formulas if f], vocab_size)
+        tok.save(output)
+        return tok
+
+
+def _fit(image: np.ndarray, max_dimensions: tuple[int, int]) -> np.ndarray:
+    """Shrink an (augmented) image that grew past the size limit, keeping its aspect ratio."""
+    max_w, max_h = max_dimensions
+    h, w = image.shape
+    if h <= max_h and w <= max_w:
+        return image
+    scale = min(max_h / h, max_w / w)
+    pil = Image.fromarray(image).resize((max(1, int(w * scale)), max(1, int(h * scale))), Image.Resampling.LANCZOS)
+    return np.asarray(pil)
+
+
+class BatchDataset(torch.utils.data.Dataset):
+    """Map-style view of one epoch's batches for a DataLoader (``batch_size=None``).
+
+    Item ``k`` is batch ``start + k`` of ``epoch``; every sample's augmentation is seeded from
+    (seed, epoch, batch), so the result does not depend on the number of worker processes.
+    """
+
+    def __init__(self, dataset: Im2LatexDataset, epoch: int, start: int = 0):
+        self.dataset = dataset
+        self.epoch = epoch
+        self.order = dataset.batches(epoch)
+        self.start = start
+
+    def __len__(self) -> int:
+        return max(0, len(self.order) - self.start)
+
+    def __getitem__(self, k: int) -> Batch:
+        index = self.start + k
+        seed = (self.dataset.seed * 7919 + self.epoch) * 1_000_003 + index
+        return self.dataset.prepare_data(self.order[index], augment_seed=seed % 2**31)
+
+
+def collate_batch(batch: Batch) -> Batch:
+    """Identity collate: items are already whole batches."""
+    return batch
+
+
+# -- command line -------------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pix2tex.dataset.dataset",
+                                     description="Train a tokenizer (-e … -s N -o tokenizer.json) or build a dataset "
+                                                 "(-i IMAGES -e LABELS -o OUT.pkl).")
+    parser.add_argument("-i", "--images", help="image folder (builds a dataset)")
+    parser.add_argument("-e", "--equations", nargs="+", required=True, help="labels.tsv or formula files")
+    parser.add_argument("-o", "--out", required=True, help="output .pkl or tokenizer.json")
+    parser.add_argument("-s", "--vocab-size", type=int, default=8000, help="BPE vocabulary size")
+    parser.add_argument("-t", "--tokenizer", help="tokenizer.json recorded in the dataset")
+    args = parser.parse_args(argv)
+    try:
+        if args.images is None:
+            tok = Im2LatexDataset.generate_tokenizer(args.equations, args.out, args.vocab_size)
+            print(f"wrote {args.out}: {tok.vocab_size} tokens")
+            return 0
+        if len(args.equations) != 1:
+            raise DatasetError("building a dataset takes exactly one labels file (-e)")
+        ds = Im2LatexDataset(args.equations[0], args.images, tokenizer=args.tokenizer)
+        ds.save(args.out)
+        skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(ds.skipped.items())) or "none"
+        print(f"wrote {args.out}: {len(ds)} samples (left out: {skipped})")
+        return 0
+    except (ValueError, OSError) as exc:  # DatasetError and TokenizerError are ValueErrors
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Image transforms: training augmentation and the tensor conversion shared with inference.
+
+Images everywhere are grayscale ``uint8`` arrays ``[H, W]``, dark ink on a white background.
+``train_transform`` makes the project's clean TeX renders look like formulas cut out of real
+documents (the im2latex-100k renders, screenshots, scans): small geometric jitter, blur and noise,
+JPEG artefacts, contrast changes, resolution loss, thinner or bolder strokes.
+``test_transform`` leaves the pixels alone.  :func:`to_batch` pads and normalizes for the model.
+"""
+
+from __future__ import annotations
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+
+__all__ = ["MEAN", "STD", "train_transform", "test_transform", "to_batch", "pad_to_multiple"]
+
+# Grayscale statistics of rendered formulas (the public pix2tex's values, kept for compatibility).
+MEAN, STD = 0.7931, 0.1738
+WHITE = 255
+
+
+def train_transform() -> A.Compose:
+    """A fresh augmentation pipeline; seed it per sample with ``set_random_seed`` for exact resume."""
+    return A.Compose([
+        A.Affine(scale=(0.85, 1.1), rotate=(-1.0, 1.0), shear={"x": (-3.0, 3.0), "y": (-1.0, 1.0)},
+                 interpolation=cv2.INTER_LINEAR, fit_output=True, border_mode=cv2.BORDER_CONSTANT,
+                 fill=WHITE, p=0.5),
+        A.GridDistortion(num_steps=4, distort_limit=(-0.08, 0.08), border_mode=cv2.BORDER_CONSTANT,
+                         p=0.15),
+        # Stroke width varies between fonts, printers and screen renderers.
+        A.Morphological(scale=(2, 2), operation="erosion", p=0.1),  # erosion of white = bolder ink
+        A.Morphological(scale=(2, 2), operation="dilation", p=0.05),
+        A.OneOf([
+            A.GaussianBlur(blur_limit=(3, 3), sigma_limit=(0.2, 0.9)),
+            A.Downscale(scale_range=(0.5, 0.9),
+                        interpolation_pair={"downscale": cv2.INTER_AREA, "upscale": cv2.INTER_LINEAR}),
+        ], p=0.4),
+        A.RandomBrightnessContrast(brightness_limit=(-0.15, 0.1), contrast_limit=(-0.3, 0.1), p=0.4),
+        A.GaussNoise(std_range=(0.01, 0.05), p=0.2),
+        A.ImageCompression(quality_range=(40, 95), p=0.3),
+    ])
+
+
+def test_transform() -> A.Compose:
+    """No-op pipeline with the same call shape as :func:`train_transform`."""
+    return A.Compose([])
+
+
+def pad_to_multiple(image: np.ndarray, multiple: int, min_height: int = 0, min_width: int = 0) -> np.ndarray:
+    """Pad ``image`` with white at the bottom and right to multiples of ``multiple``."""
+    h, w = image.shape
+    th = max(-(-h // multiple) * multiple, -(-min_height // multiple) * multiple)
+    tw = max(-(-w // multiple) * multiple, -(-min_width // multiple) * multiple)
+    if (th, tw) == (h, w):
+        return image
+    out = np.full((th, tw), WHITE, dtype=np.uint8)
+    out[:h, :w] = image
+    return out
+
+
+def to_batch(images: list[np.ndarray], multiple: int, height: int | None = None,
+             width: int | None = None) -> torch.Tensor:
+    """Stack grayscale images into a normalized float tensor ``[B, 1, H, W]``.
+
+    Each image sits at the top-left of a white canvas of the batch's size (``height`` x ``width``
+    if given, else the largest image rounded up to ``multiple``), the same placement inference uses.
+    """
+    h = height or max(-(-im.shape[0] // multiple) * multiple for im in images)
+    w = width or max(-(-im.shape[1] // multiple) * multiple for im in images)
+    canvas = np.full((len(images), 1, h, w), WHITE, dtype=np.uint8)
+    for k, im in enumerate(images):
+        ih, iw = min(im.shape[0], h), min(im.shape[1], w)
+        canvas[k, 0, :ih, :iw] = im[:ih, :iw]
+    x = torch.from_numpy(canvas).float().div_(255.0)
+    return x.sub_(MEAN).div_(STD)

@@ -1,0 +1,185 @@
+"""Im2LatexDataset on the real im2latex sample images, plus broken inputs made in tmp_path."""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pix2tex.dataset.dataset import BatchDataset, DatasetError, Im2LatexDataset, load_pickle, read_labels
+from pix2tex.dataset.transforms import MEAN, STD, train_transform
+from pix2tex.normalize import normalize
+from pix2tex.tokenizer import BOS_ID, LatexTokenizer
+from tests.conftest import REPO, SAMPLE
+
+
+@pytest.fixture(scope="module")
+def tokenizer_path(tmp_path_factory):
+    labels = [normalize(latex) for _, latex in read_labels(SAMPLE / "labels.tsv")]
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    LatexTokenizer.train(labels, 600).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sample(tokenizer_path):
+    return Im2LatexDataset(SAMPLE / "labels.tsv", SAMPLE, tokenizer=tokenizer_path, batchsize=8,
+                           max_dimensions=(800, 160), test=True)
+
+
+def test_builds_from_real_images(sample):
+    assert len(sample) == 986
+    assert not sample.skipped
+    assert sample.labels[0] == normalize(read_labels(SAMPLE / "labels.tsv")[0][1])
+
+
+def test_batches_group_sizes_and_cover_everything(sample):
+    batches = sample.batches(0)
+    assert all(len(b) == 8 for b in batches[:-1])
+    flat = [i for b in batches for i in b]
+    assert len(flat) == len(set(flat))
+    assert len(flat) >= len(sample.eligible()) - 7  # only a last partial batch may be dropped
+    # Batches are ordered by a seeded shuffle: same epoch -> same order, another epoch -> another.
+    assert sample.batches(0) == batches and sample.batches(1) != batches
+    # Grouping by size keeps padding small: most batches share one padded height.
+    same_height = sum(len({-(-sample.heights[i] // 16) for i in b}) == 1 for b in batches)
+    assert same_height / len(batches) > 0.8
+
+
+def test_prepare_data_tensors(sample):
+    batch = sample.prepare_data(sample.batches(0)[0])
+    b, c, h, w = batch.images.shape
+    assert (b, c) == (8, 1) and h % 16 == 0 and w % 16 == 0
+    assert batch.ids.shape[0] == 8 and (batch.ids[:, 0] == BOS_ID).all()
+    # White background normalizes to (1 - MEAN) / STD: padding is white, not black.
+    assert batch.images[0, 0, -1, -1].item() == pytest.approx((1 - MEAN) / STD)
+    assert sample.tokenizer.decode(batch.ids) == batch.labels
+
+
+def test_iteration_seed_api(sample):
+    sample.update(batchsize=32, keep_smaller_batches=True)
+    try:
+        batches = list(sample)
+        assert sum(len(b.labels) for b in batches) == len(sample.eligible())
+        assert sample.epoch == 1
+    finally:
+        sample.update(batchsize=8, keep_smaller_batches=False)
+
+
+def test_save_load_combine(sample, tmp_path, tokenizer_path):
+    path = tmp_path / "sample.pkl"
+    sample.save(path)
+    again = Im2LatexDataset.load(path, tokenizer=tokenizer_path)
+    assert again.labels == sample.labels and again.paths == sample.paths
+    assert again.image_path(3) == sample.image_path(3)
+    again.combine(sample)
+    assert len(again) == 2 * len(sample)
+    assert again.image_path(len(sample) + 3) == sample.image_path(3)
+
+
+def test_dataloader_with_workers_matches_main_process(sample):
+    sample.update(test=False)  # augmentation on: seeds per (epoch, batch) must make workers agree
+    try:
+        ds = BatchDataset(sample, epoch=0, start=2)
+        direct = [ds[k] for k in range(3)]
+        loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2, collate_fn=lambda b: b)
+        for k, batch in enumerate(loader):
+            if k == 3:
+                break
+            assert torch.equal(batch.images, direct[k].images)
+            assert batch.labels == direct[k].labels
+    finally:
+        sample.update(test=True)
+
+
+def test_train_transform_changes_pixels_deterministically(sample):
+    from pix2tex.dataset.dataset import load_image_gray
+
+    image = load_image_gray(sample.image_path(0))
+    t = train_transform()
+
+    def run(seed):
+        t.set_random_seed(seed)
+        return t(image=image)["image"]
+
+    first, again = run(1), run(1)
+    assert first.dtype == image.dtype and first.ndim == 2
+    assert first.shape == again.shape and (first == again).all()
+    others = [run(seed) for seed in range(2, 8)]
+    assert any(o.shape != image.shape or (o != image).any() for o in others)
+    assert any(o.shape != first.shape or (o != first).any() for o in others)
+
+
+def _copy_images(tmp_path: Path, n: int) -> tuple[Path, list[str]]:
+    images = tmp_path / "images"
+    images.mkdir()
+    rows = read_labels(SAMPLE / "labels.tsv")[:n]
+    for rel, _ in rows:
+        shutil.copy(SAMPLE / rel, images / Path(rel).name)
+    return images, [f"{Path(rel).name}\t{latex}" for rel, latex in rows]
+
+
+def test_bad_inputs_are_left_out_and_labels_stay_aligned(tmp_path, capsys):
+    images, lines = _copy_images(tmp_path, 4)
+    (images / "zero.png").write_bytes(b"")
+    (images / "text.png").write_text("this is not an image")
+    good = (images / Path(lines[0].split("\t")[0])).read_bytes()
+    (images / "truncated.png").write_bytes(good[: len(good) // 2])
+    lines += ["zero.png\tx", "text.png\ty", "truncated.png\tz", "missing.png\tw",
+              f"{lines[1].split(chr(9))[0]}\t   ", "../../etc/passwd\tv"]
+    labels = tmp_path / "labels.tsv"
+    labels.write_text("\n".join(lines) + "\n")
+    ds = Im2LatexDataset(labels, images)
+    assert len(ds) == 4
+    assert ds.skipped == {"empty file": 1, "not an image": 1, "missing image": 1, "empty label": 1,
+                          "image path outside the image folder": 1, **{k: 1 for k in ds.skipped if k.startswith("unreadable")}}
+    assert any(k.startswith("unreadable image") for k in ds.skipped)
+    for i in range(4):  # every kept image still carries its own label
+        name, latex = lines[i].split("\t")
+        assert ds.paths[i] == name and ds.labels[i] == normalize(latex)
+    err = capsys.readouterr().err
+    assert "labels.tsv:5: empty file; left out" in err
+
+
+def test_crafted_pickle_cannot_run_code(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (subprocess.call, (["touch", str(marker)],))
+
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps({"format": "pix2tex-dataset", "x": Exploit()}))
+    with pytest.raises(DatasetError, match=r"refusing to load subprocess.call"):
+        Im2LatexDataset.load(path)
+    assert not marker.exists()
+    (tmp_path / "junk.pkl").write_bytes(b"\x80\x05junk")
+    with pytest.raises(DatasetError, match="junk.pkl"):
+        load_pickle(tmp_path / "junk.pkl")
+    (tmp_path / "list.pkl").write_bytes(pickle.dumps([1, 2]))
+    with pytest.raises(DatasetError, match="not a pix2tex dataset file"):
+        Im2LatexDataset.load(tmp_path / "list.pkl")
+
+
+def test_cli_tokenizer_and_dataset(tmp_path):
+    images, lines = _copy_images(tmp_path, 20)
+    labels = tmp_path / "labels.tsv"
+    labels.write_text("\n".join(lines) + "\n")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "pix2tex.dataset.dataset", *a], cwd=REPO,
+                                    capture_output=True, text=True)
+    tok = tmp_path / "tokenizer.json"
+    r = run("-e", str(labels), "-s", "120", "-o", str(tok))
+    assert r.returncode == 0, r.stderr
+    assert LatexTokenizer.load(tok).vocab_size <= 120
+    out = tmp_path / "train.pkl"
+    r = run("-i", str(images), "-e", str(labels), "-o", str(out), "--tokenizer", str(tok))
+    assert r.returncode == 0, r.stderr
+    assert "20 samples" in r.stdout
+    assert len(Im2LatexDataset.load(out)) == 20
+    r = run("-i", str(tmp_path / "nope"), "-e", str(labels), "-o", str(out))
+    assert r.returncode == 2 and r.stderr.strip().endswith("image folder not found")
