@@ -1,0 +1,493 @@
+"""Load real-world formula images and turn them into model input.
+
+Users give us screenshots, photos of slides and scans: any resolution, wide margins, colour, dark
+mode, transparency.  The model was trained on tight grayscale renders (im2latex-100k: black ink on
+white, formula 3 px from the top-left corner, glyphs of one fixed size).  This module bridges the gap
+without a second network:
+
+* :func:`load_image` decodes any common file safely (size limit checked from the header before
+  decoding, EXIF rotation undone, first frame of animations, alpha and colour flattened) into an
+  8-bit grayscale ``PIL.Image``.
+* :func:`prepare` inverts dark mode, stretches contrast, crops to the ink, measures the glyph size
+  with :func:`estimate_glyph_height` (connected-component heights, no network), rescales so
+  glyphs match the training renders, fits the result into the model's maximum size and pads it with
+  white to multiples of the patch size.  Content sits at the top-left, ``MARGIN`` px from the edges,
+  as in the training images.
+
+Every bad input is a :class:`ImageLoadError` (a ``ValueError``) with a one-line message.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = [
+    "ImageLoadError", "BlankImageError",
+    "MAX_PIXELS", "DEFAULT_GLYPH_HEIGHT", "MARGIN",
+    "load_image", "to_gray", "invert_if_dark", "normalize_contrast", "crop_to_content",
+    "component_sizes", "estimate_glyph_height", "prepare",
+]
+
+MAX_PIXELS = 60_000_000
+"""Largest image (width x height) that :func:`load_image` decodes; checked from the header."""
+
+MARGIN = 3
+"""White border (px) kept above and left of the ink in :func:`prepare` output.  The im2latex renders
+put the formula 3 px from the top-left corner (872 of the 986 sample images, the rest 2-4 px)."""
+
+# Measured on the 986 real im2latex-100k renders in ../shared/data/images/im2latex_sample/images
+# with exactly the pipeline prepare() uses (to_gray -> invert_if_dark -> normalize_contrast ->
+# crop_to_content -> estimate_glyph_height) by
+#     python -m benchmarks.scale --measure-target
+# which printed  {"images": 986, "glyph_height": 11.34, ...}  (the median over the images;
+# interquartile range / median 0.118, 10th-90th percentile 8.90-12.34 px).
+DEFAULT_GLYPH_HEIGHT = 11.34
+"""Median :func:`estimate_glyph_height` of the training renders, in pixels."""
+
+_MIN_CONTRAST = 40  # ink must differ from the background by this many gray levels (of 255)
+_INK_LEVEL = 128  # after normalize_contrast, darker than this is ink
+_MAX_UPSCALE = 8.0  # never blow a tiny crop up more than this
+_MAX_ANALYSIS_PIXELS = 4_000_000  # glyph measurement runs on a downscaled copy above this
+_HEIGHT_BAND = (0.4, 0.6)  # ink-weighted quantiles of glyph heights averaged by estimate_glyph_height
+
+
+class ImageLoadError(ValueError):
+    """An image cannot be used; the message is one line, ``"<source>: <reason>"``."""
+
+
+class BlankImageError(ImageLoadError):
+    """The image decodes fine but holds no ink (all one colour, or too little contrast)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+
+def _describe(source: object) -> str:
+    """Name of a source for error messages (a path as given, else its kind)."""
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return "<bytes>"
+    return "<image>"
+
+
+def _read_source(source: str | os.PathLike | bytes, name: str) -> bytes:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise ImageLoadError(f"{name}: no such file")
+        if path.is_dir():
+            raise ImageLoadError(f"{name}: is a directory, not an image file")
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ImageLoadError(f"{name}: cannot read file ({exc.strerror or exc})") from None
+    if not data:
+        raise ImageLoadError(f"{name}: empty file")
+    return data
+
+
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height read from the header by the first PIL plugin that accepts the data.
+
+    Only needed when ``Image.open`` itself refuses a giant image before telling us its size; the
+    plugin constructors parse headers only, no pixel data.
+    """
+    Image.init()
+    prefix = data[:16]
+    for fmt in Image.ID:
+        factory, accept = Image.OPEN[fmt]
+        try:
+            if accept is not None and accept(prefix) is not True:
+                continue
+            return factory(io.BytesIO(data), "").size
+        except Exception:  # noqa: BLE001 - any plugin failure just means "not this format"
+            continue
+    return None
+
+
+def _too_big(name: str, size: tuple[int, int], max_pixels: int) -> ImageLoadError:
+    w, h = size
+    return ImageLoadError(
+        f"{name}: image is {w}x{h} = {w * h / 1e6:.3g} MP, over the {max_pixels / 1e6:.3g} MP limit")
+
+
+def _open_checked(data: bytes, name: str, max_pixels: int) -> Image.Image:
+    """Identify the format, check the pixel count from the header, then decode frame 0."""
+    try:
+        with warnings.catch_warnings():
+            # PIL warns above its own (larger) limit; our limit is enforced just below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        size = _header_size(data)
+        if size is None:
+            raise ImageLoadError(f"{name}: image is over the {max_pixels / 1e6:.3g} MP limit") from None
+        raise _too_big(name, size, max_pixels) from None
+    except UnidentifiedImageError:
+        raise ImageLoadError(f"{name}: not an image (cannot identify format)") from None
+    except Exception as exc:  # noqa: BLE001 - malformed headers raise many types
+        raise ImageLoadError(f"{name}: corrupt image header ({type(exc).__name__})") from None
+    w, h = img.size
+    if w <= 0 or h <= 0:
+        raise ImageLoadError(f"{name}: image has no pixels ({w}x{h})")
+    if w * h > max_pixels:
+        raise _too_big(name, img.size, max_pixels)
+    try:
+        img.seek(0)  # animated GIF/PNG/WebP: the first frame
+        img.load()
+    except Exception as exc:  # noqa: BLE001 - truncated data surfaces as OSError, SyntaxError, ...
+        raise ImageLoadError(f"{name}: truncated or corrupt image data ({type(exc).__name__})") from None
+    return img
+
+
+def _apply_exif_orientation(img: Image.Image) -> Image.Image:
+    """Undo the camera rotation recorded in EXIF; a broken EXIF block is ignored, not fatal."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:  # noqa: BLE001 - malformed EXIF should not make a readable image unusable
+        return img
+
+
+def load_image(source: str | os.PathLike | bytes | Image.Image, *,
+               max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode a file, raw bytes or a ``PIL.Image`` into an 8-bit grayscale (mode ``"L"``) image.
+
+    Handles PNG/JPEG/WebP/BMP/TIFF/GIF in any PIL mode (see :func:`to_gray`), applies the EXIF
+    orientation and takes the first frame of animations.  Images over ``max_pixels`` are refused
+    from the header, before any pixel is decoded.  Raises :class:`ImageLoadError`.
+    """
+    name = _describe(source)
+    if isinstance(source, Image.Image):
+        img = source
+        if img.width * img.height > max_pixels:
+            raise _too_big(name, img.size, max_pixels)
+        if img.width == 0 or img.height == 0:
+            raise ImageLoadError(f"{name}: image has no pixels ({img.width}x{img.height})")
+    elif isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)):
+        img = _open_checked(_read_source(source, name), name, max_pixels)
+    else:
+        raise ImageLoadError(f"{name}: unsupported source type {type(source).__name__}")
+    try:
+        return to_gray(_apply_exif_orientation(img))
+    except ImageLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - e.g. a mode PIL cannot convert
+        raise ImageLoadError(f"{name}: cannot convert image mode {img.mode} ({exc})") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Colour, alpha and bit depth -> 8-bit gray
+
+
+def _high_depth_to_u8(img: Image.Image) -> np.ndarray:
+    """16/32-bit integer or float gray to 0..255, keeping the usual meaning of the value range."""
+    a = np.asarray(img).astype(np.float32)
+    top = float(a.max()) if a.size else 0.0
+    if img.mode == "F" and top <= 1.0:
+        a = a * 255.0  # float images in 0..1
+    elif top > 255.0:
+        # 16-bit data (also PNG 16-bit gray, which PIL opens as "I"/"I;16"); wider ints by their max
+        a = a / (257.0 if top <= 65535.0 else top / 255.0)
+    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+
+
+def _border(a: np.ndarray) -> np.ndarray:
+    """The outermost ring of pixels of a 2-D array, as a flat array."""
+    if a.shape[0] <= 2 or a.shape[1] <= 2:
+        return a.ravel()
+    return np.concatenate([a[0], a[-1], a[1:-1, 0], a[1:-1, -1]])
+
+
+def _flatten_colour(img: Image.Image) -> np.ndarray:
+    """RGB image -> gray array that keeps every ink colour visible.
+
+    Plain luma turns yellow-on-white into near-white-on-white.  Instead each pixel's darkness is its
+    largest per-channel distance from the background colour (the median border colour), applied on
+    the side of the background's own luma, so polarity (dark mode stays dark) is kept and pure gray
+    images map to exactly their luma.  Works channel by channel on 2-D arrays (fast on 60 MP).
+    """
+    channels = [np.asarray(c, dtype=np.int16) for c in img.split()]
+    bg = [float(np.median(_border(c))) for c in channels]
+    dist = np.zeros(channels[0].shape, np.float32)
+    for c, b in zip(channels, bg):
+        np.maximum(dist, np.abs(c - np.float32(b)), out=dist)
+    bg_luma = 0.299 * bg[0] + 0.587 * bg[1] + 0.114 * bg[2]
+    gray = bg_luma - dist if bg_luma >= 128 else bg_luma + dist
+    return np.clip(np.rint(gray), 0, 255).astype(np.uint8)
+
+
+def _is_colourful(img: Image.Image) -> bool:
+    """Whether an RGB image has real colour (more than 0.1 % of pixels with channels > 8 apart)."""
+    r, g, b = (np.asarray(c, dtype=np.int16) for c in img.split())
+    spread = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)
+    return int(np.count_nonzero(spread > 8)) > 0.001 * spread.size  # JPEG chroma noise aside
+
+
+def _choose_backdrop(luma: np.ndarray, alpha: np.ndarray) -> int:
+    """Backdrop (255 or 0) for a transparent image: the one against which the content shows as sparse,
+    visible strokes.  Black text on transparent -> white backdrop; white text -> black backdrop; a
+    white card with black text -> white (over black the whole card would be 'ink')."""
+    best, best_count = 255, None
+    for backdrop in (255, 0):
+        # |composite - backdrop| = alpha * |luma - backdrop|
+        count = int(np.count_nonzero(alpha * np.abs(luma - np.float32(backdrop)) > 64))
+        if count and (best_count is None or count < best_count):
+            best, best_count = backdrop, count
+    return best
+
+
+def to_gray(img: Image.Image) -> Image.Image:
+    """Any PIL image -> mode ``"L"``: alpha composited, colour flattened with contrast kept, 16-bit scaled.
+
+    Transparent images go over white unless their content is light (white text on transparent),
+    in which case they go over black so the text stays visible (and :func:`prepare` inverts it).
+    """
+    mode = img.mode
+    if mode in ("L", "1"):
+        return img.convert("L")
+    if mode in ("I", "F") or mode.startswith("I;"):
+        return Image.fromarray(_high_depth_to_u8(img))
+    if mode == "P":
+        return to_gray(img.convert("RGBA" if "transparency" in img.info else "RGB"))
+    if mode in ("LA", "La", "PA", "RGBa"):
+        return to_gray(img.convert("RGBA"))
+    if mode == "RGBA":
+        alpha = np.asarray(img.getchannel("A"))
+        if alpha.min() < 255:
+            luma = np.asarray(img.convert("L"), dtype=np.float32)  # PIL's luma ignores alpha
+            backdrop = _choose_backdrop(luma, alpha.astype(np.float32) / 255.0)
+            img = Image.alpha_composite(Image.new("RGBA", img.size, (backdrop,) * 3 + (255,)), img)
+    rgb = img if img.mode == "RGB" else img.convert("RGB")  # RGBA, RGBX, CMYK, YCbCr, LAB, HSV
+    if not _is_colourful(rgb):
+        return rgb.convert("L")
+    return Image.fromarray(_flatten_colour(rgb))
+
+
+# ----------------------------------------------------------------------------------------------
+# Pure array steps
+
+
+def _background_level(gray: np.ndarray) -> float:
+    """Gray level of the background: the median of the image border (ink rarely fills half of it)."""
+    return float(np.median(_border(gray)))
+
+
+def invert_if_dark(gray: np.ndarray) -> np.ndarray:
+    """Return ``gray`` inverted if it shows light ink on a dark background (dark mode), else as is.
+
+    The background is the border's median level; the image is dark-mode when the pixels that
+    differ clearly from it are mostly lighter than it (so mid-gray backgrounds are judged by their ink).
+    """
+    bg = _background_level(gray)
+    g = gray.astype(np.int16)
+    lighter = int((g > bg + 32).sum())
+    darker = int((g < bg - 32).sum())
+    if lighter > darker or (lighter == darker == 0 and bg < 128):
+        return (255 - gray.astype(np.int16)).astype(np.uint8)
+    return gray
+
+
+def normalize_contrast(gray: np.ndarray) -> np.ndarray:
+    """Stretch dark-ink-on-light ``gray`` so the ink is black and the background pure white.
+
+    The background level is the border median (minus its noise); the ink level is the 5th percentile
+    of the clearly darker pixels.  Raises :class:`BlankImageError` when nothing is darker than the
+    background by at least ``_MIN_CONTRAST`` levels.
+    """
+    g = gray.astype(np.float32)
+    border = _border(g)
+    bg = float(np.median(border))
+    candidates = g[g < bg - _MIN_CONTRAST]
+    if candidates.size == 0:
+        raise BlankImageError(
+            f"no ink found (blank image: nothing differs from the background level {bg:.0f} by "
+            f"{_MIN_CONTRAST}+ gray levels)")
+    ink = float(np.percentile(candidates, 5))
+    noise = 3.0 * float(np.median(np.abs(border - bg)))  # background noise (JPEG, sensor) -> white
+    white = bg - min(noise, 0.25 * (bg - ink))
+    out = (g - ink) / max(white - ink, 1.0)
+    return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+
+
+def _ink_components(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    return n, labels, stats
+
+
+def crop_to_content(gray: np.ndarray, *, margin: int = 0, threshold: int = _INK_LEVEL,
+                    speck_fraction: float = 0.02) -> np.ndarray:
+    """Crop dark-ink-on-white ``gray`` to the bounding box of its ink plus ``margin`` px (clipped).
+
+    Ink is ``gray < threshold``.  Specks (components smaller than ``speck_fraction`` of the median
+    component area) are ignored, so a dust grain does not stretch the box; at the im2latex scale
+    that limit is below one pixel, so no real glyph part is dropped.  Raises
+    :class:`BlankImageError` when there is no ink.
+    """
+    n, _, stats = _ink_components(gray < threshold)
+    if n <= 1:
+        raise BlankImageError("no ink found (nothing darker than the ink threshold)")
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    keep = stats[1:][areas >= speck_fraction * float(np.median(areas))]
+    x0 = int(keep[:, cv2.CC_STAT_LEFT].min())
+    y0 = int(keep[:, cv2.CC_STAT_TOP].min())
+    x1 = int((keep[:, cv2.CC_STAT_LEFT] + keep[:, cv2.CC_STAT_WIDTH]).max())
+    y1 = int((keep[:, cv2.CC_STAT_TOP] + keep[:, cv2.CC_STAT_HEIGHT]).max())
+    h, w = gray.shape
+    return gray[max(0, y0 - margin):min(h, y1 + margin), max(0, x0 - margin):min(w, x1 + margin)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Glyph scale without a network
+
+
+def _group_max_sum(keys: np.ndarray, values: np.ndarray, groups: np.ndarray, n: int) -> np.ndarray:
+    """For each component, the sum over its distinct ``keys`` (rows or columns) of the max value."""
+    order = np.lexsort((keys, groups))
+    g, k, v = groups[order], keys[order], values[order]
+    starts = np.flatnonzero(np.r_[True, (g[1:] != g[:-1]) | (k[1:] != k[:-1])])
+    return np.bincount(g[starts], weights=np.maximum.reduceat(v, starts), minlength=n)
+
+
+def component_sizes(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Soft heights, soft widths (px) and ink masses of the ink components of dark-on-white ``gray``.
+
+    Components are the 8-connected pixels darker than 2/3 gray; their anti-aliased fringe joins them
+    by dilating the labels.  A component's height is *soft*: the sum over its rows of the row's
+    darkest value relative to the component's darkest pixel, so a half-covered edge row counts 0.5.
+    That keeps the measure sub-pixel, makes it scale with the image, and (being relative) stops
+    faint thin strokes of low-resolution images from shrinking it.  The mass is the summed darkness.
+    Specks (< 2 % of the median mass) are left out.
+    """
+    dark = (255.0 - gray.astype(np.float32)) / 255.0
+    dark[dark < 0.1] = 0.0  # background noise is not ink
+    n, labels, _ = _ink_components(gray < 170)
+    if n <= 1:
+        return np.zeros(0), np.zeros(0), np.zeros(0)
+    # Anti-aliased fringe pixels (lighter than the mask threshold) join their neighbouring component.
+    grown = cv2.dilate(labels.astype(np.float32), np.ones((3, 3), np.uint8)).astype(np.int64)
+    lab = np.where(labels > 0, labels, grown)
+    ys, xs = np.nonzero((lab > 0) & (dark > 0))
+    comp, val = lab[ys, xs], dark[ys, xs].astype(np.float64)
+    peak = np.zeros(n)
+    np.maximum.at(peak, comp, val)
+    rel = np.minimum(1.0, val / peak[comp])
+    mass = np.bincount(comp, weights=val, minlength=n)[1:]
+    real = mass >= 0.02 * float(np.median(mass))
+    heights = _group_max_sum(ys, rel, comp, n)[1:]
+    widths = _group_max_sum(xs, rel, comp, n)[1:]
+    return heights[real], widths[real], mass[real]
+
+
+def _mass_band_mean(values: np.ndarray, weights: np.ndarray, lo: float, hi: float) -> float:
+    """Weighted geometric mean of the values whose weighted quantile lies in [lo, hi].
+
+    With lo = hi = 0.5 this is the weighted median; a band smooths over the jump between two
+    glyph classes (x-height letters vs. full-height ones) that a bare median can make.
+    """
+    order = np.argsort(values)
+    v, w = values[order], weights[order]
+    quantile = (np.cumsum(w) - 0.5 * w) / w.sum()
+    band = (quantile >= lo) & (quantile <= hi)
+    if not band.any():  # a single heavy component spans the whole band
+        band = np.arange(v.size) == int(np.searchsorted(quantile, 0.5 * (lo + hi)).clip(0, v.size - 1))
+    return float(np.exp(np.average(np.log(v[band]), weights=w[band])))
+
+
+def estimate_glyph_height(gray: np.ndarray) -> float | None:
+    """Typical glyph height (px) of dark-ink-on-white, contrast-normalised ``gray``, or ``None``.
+
+    From the :func:`component_sizes` heights: flat shapes (fraction bars, minus signs: height < 1/4
+    width) are dropped, then components outside 0.4-2.5x the ink-weighted median (dots, big
+    operators), and the result is the ink-weighted mean (geometric) of the heights between the 40th
+    and 60th ink-weighted percentile.  Big delimiters (narrow and > 2.5x the median height) are left
+    out first.  Weighting by ink makes full-size glyphs count more than small sub/superscripts and
+    the fragments that thin strokes break into at low resolution; on the im2latex renders (one font
+    size) it spreads less with content than unweighted statistics (IQR/median 0.12 vs 0.17-0.22).
+    Stroke width was tried as well: steadier across formulas, but it depends on the renderer (the
+    blurry training renders have strokes ~1.7x thicker relative to glyph height than crisp
+    renders), so it mis-scales sharp screenshots.  Images above 4 MP are measured on a downscaled
+    copy (their glyphs are large anyway).
+    """
+    factor = 1
+    if gray.size > _MAX_ANALYSIS_PIXELS:
+        factor = math.ceil(math.sqrt(gray.size / _MAX_ANALYSIS_PIXELS))
+        gray = cv2.resize(gray, (max(1, gray.shape[1] // factor), max(1, gray.shape[0] // factor)),
+                          interpolation=cv2.INTER_AREA)
+    heights, widths, mass = component_sizes(gray)
+    glyph = (heights >= 0.25 * widths) & (heights > 0) & (mass > 0)
+    heights, widths, mass = heights[glyph], widths[glyph], mass[glyph]
+    if heights.size == 0:
+        return None
+    # Big delimiters (matrix brackets, \left( \right), integrals, long bars) are narrow and much
+    # taller than the typical component; with their large ink mass they would outvote the glyphs.
+    delimiter = (heights >= 3.0 * widths) & (heights > 2.5 * float(np.median(heights)))
+    if not delimiter.all():
+        heights, mass = heights[~delimiter], mass[~delimiter]
+    ref = _mass_band_mean(heights, mass, 0.5, 0.5)
+    typical = (heights > 0.4 * ref) & (heights < 2.5 * ref)
+    return factor * _mass_band_mean(heights[typical], mass[typical], *_HEIGHT_BAND)
+
+
+# ----------------------------------------------------------------------------------------------
+# Model input
+
+
+def _resize(gray: np.ndarray, scale: float) -> np.ndarray:
+    h, w = gray.shape
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if size == (w, h):
+        return gray
+    interp = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_CUBIC
+    return cv2.resize(gray, size, interpolation=interp)  # uint8 in, uint8 out (saturated)
+
+
+def prepare(img: Image.Image, *, patch_size: int, max_height: int, max_width: int,
+            target_glyph_height: float = DEFAULT_GLYPH_HEIGHT, rescale: bool = True) -> np.ndarray:
+    """Turn any formula image into model input: uint8 [H, W], black-ish ink on white.
+
+    Steps: gray (:func:`to_gray`), :func:`invert_if_dark`, :func:`normalize_contrast`,
+    :func:`crop_to_content`; then, with ``rescale``, scale so :func:`estimate_glyph_height` becomes
+    ``target_glyph_height`` (without it, or when glyphs cannot be measured, keep the size but enlarge
+    content shorter than one patch); shrink further to fit ``max_height`` x ``max_width`` with a
+    ``MARGIN`` px border (aspect kept).  The content is placed at the top-left, ``MARGIN`` px from
+    the edges, and padded with white (255) so H and W are multiples of ``patch_size``.
+    Raises :class:`BlankImageError` (a ``ValueError``) when there is no ink.
+    """
+    if patch_size <= 0 or min(max_height, max_width) < max(patch_size, 2 * MARGIN + 1):
+        raise ValueError(f"bad size limits: patch_size={patch_size}, max {max_height}x{max_width}")
+    # Usable limits are whole patches (the config already demands multiples; be safe for callers).
+    max_height -= max_height % patch_size
+    max_width -= max_width % patch_size
+    gray = np.asarray(to_gray(img))
+    gray = normalize_contrast(invert_if_dark(gray))
+    content = crop_to_content(gray)
+    h, w = content.shape
+    scale = None
+    if rescale:
+        glyph = estimate_glyph_height(content)
+        if glyph is not None:
+            scale = target_glyph_height / glyph
+    if scale is None:
+        scale = max(1.0, patch_size / h)  # native size; tiny crops grow to one patch row
+    scale = min(scale, _MAX_UPSCALE,
+                (max_height - 2 * MARGIN) / h, (max_width - 2 * MARGIN) / w)
+    content = _resize(content, scale)
+    ch, cw = content.shape
+    out_h = min(max_height, math.ceil((ch + 2 * MARGIN) / patch_size) * patch_size)
+    out_w = min(max_width, math.ceil((cw + 2 * MARGIN) / patch_size) * patch_size)
+    out = np.full((out_h, out_w), 255, dtype=np.uint8)
+    ch, cw = min(ch, out_h - MARGIN), min(cw, out_w - MARGIN)  # rounding can add a pixel
+    out[MARGIN:MARGIN + ch, MARGIN:MARGIN + cw] = content[:ch, :cw]
+    return out
