@@ -205,13 +205,12 @@ def latex_tokens(latex: str) -> list[str]:
 
     A control space is written as a bare backslash: the single space that separates it from
     the next token is the space it controls (im2markup writes ``0 \\ .`` the same way).
-    Leading and trailing control spaces are dropped: they add no ink.
+    Trailing control spaces are dropped: they add no ink and the tight crop removes their space
+    (leading ones stay: they shift the formula by a fraction of a pixel).
     """
     tokens = _glue_delimiters(_normalize_tokens(tokenize(latex)))
     while tokens and tokens[-1] == "\\ ":
         tokens.pop()
-    while tokens and tokens[0] == "\\ ":
-        tokens.pop(0)
     return ["\\" if t == "\\ " else t for t in tokens]
 
 

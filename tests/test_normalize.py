@@ -30,7 +30,7 @@ def test_control_space_survives():
     assert tokenize(r"a\ b") == ["a", "\\ ", "b"]
     assert normalize(r"a\ b") == "a \\ b"
     assert tokenize(normalize(r"a\ b")) == ["a", "\\ ", "b"]
-    assert normalize(r"\ a\ ") == "a"
+    assert normalize(r"\ a\ ") == "\\ a"
 
 
 def test_unbalanced_input_does_not_crash():
