@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# One command from formulas to training data (the seed's create_data.sh):
+#
+#   ./create_data.sh FORMULAS OUT_DIR [VOCAB_SIZE]
+#
+# FORMULAS is a formula file (one formula per line) or a folder of *.txt formula files.
+# Renders every file with real TeX (OUT_DIR/render/<name>/), deduplicates on the normalized
+# formula and splits train/valid/test without overlap, trains the BPE tokenizer on the training
+# labels and writes OUT_DIR/{train,valid,test}.pkl, OUT_DIR/tokenizer.json, and one
+# OUT_DIR/test_<name>.pkl per formula file (for per-corpus scores).
+# Settings through the environment: PYTHON (default .venv/bin/python if present), RENDER_ARGS
+# (extra renderer options, e.g. "--dpi 110 150 --workers 2"), SPLIT_ARGS (e.g. "--val 0.01").
+set -euo pipefail
+
+if [ $# -lt 2 ] || [ $# -gt 3 ]; then
+    echo "usage: $0 FORMULAS_FILE_OR_DIR OUT_DIR [VOCAB_SIZE]" >&2
+    exit 2
+fi
+formulas=$1
+out=$2
+vocab=${3:-8000}
+here=$(cd "$(dirname "$0")" && pwd)
+python=${PYTHON:-$([ -x "$here/.venv/bin/python" ] && echo "$here/.venv/bin/python" || echo python3)}
+
+if [ -d "$formulas" ]; then
+    files=("$formulas"/*.txt)
+elif [ -f "$formulas" ]; then
+    files=("$formulas")
+else
+    echo "error: $formulas: no such formula file or folder" >&2
+    exit 2
+fi
+[ -e "${files[0]}" ] || { echo "error: $formulas: no *.txt formula files" >&2; exit 2; }
+mkdir -p "$out"
+
+labels=()
+for f in "${files[@]}"; do
+    name=$(basename "$f" .txt)
+    echo "== render $f -> $out/render/$name"
+    # shellcheck disable=SC2086
+    "$python" -m pix2tex.dataset.render --formulas "$f" --out "$out/render/$name" ${RENDER_ARGS:-}
+    labels+=("$out/render/$name/labels.tsv")
+done
+
+echo "== split"
+# shellcheck disable=SC2086
+"$python" -m pix2tex.dataset.split --labels "${labels[@]}" --out "$out" ${SPLIT_ARGS:-}
+
+echo "== tokenizer"
+"$python" -m pix2tex.dataset.dataset -e "$out/train.tsv" -s "$vocab" -o "$out/tokenizer.json"
+
+echo "== datasets"
+for split in train valid test; do
+    "$python" -m pix2tex.dataset.dataset -i "$out" -e "$out/$split.tsv" -t "$out/tokenizer.json" -o "$out/$split.pkl"
+done
+for f in "${files[@]}"; do
+    name=$(basename "$f" .txt)
+    grep -F "render/$name/" "$out/test.tsv" > "$out/test_$name.tsv" || true
+    if [ -s "$out/test_$name.tsv" ]; then
+        "$python" -m pix2tex.dataset.dataset -i "$out" -e "$out/test_$name.tsv" -t "$out/tokenizer.json" -o "$out/test_$name.pkl"
+    fi
+done
+echo "done: $out/{train,valid,test}.pkl and $out/tokenizer.json"
