@@ -1,0 +1,413 @@
+"""The network: encoders on varying image sizes, loss, cached decoding, sampling filters, beam search."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pix2tex.config import ConfigError, ModelConfig
+from pix2tex.models import Generation, Model, count_parameters, get_model, model_summary
+from pix2tex.models.hybrid import min_patch_size
+from pix2tex.models.transformer import generation_logprobs, top_k_filter, top_p_filter
+from pix2tex.normalize import normalize
+from pix2tex.tokenizer import BOS_ID, EOS_ID, PAD_ID, LatexTokenizer
+from tests.conftest import read_formulas
+
+TINY = dict(channels=1, dim=32, encoder_depth=1, heads=2, num_layers=2, num_tokens=40, patch_size=16,
+            max_height=64, max_width=128, max_seq_len=24)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny ops on a shared 2-core box: a second intra-op thread only waits for a busy core."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_model(encoder: str = "hybrid", seed: int = 0, **changes) -> Model:
+    torch.manual_seed(seed)
+    layers = {"backbone_layers": [1, 1]} if encoder == "hybrid" else {}
+    return get_model(ModelConfig(encoder_structure=encoder, **{**TINY, **layers, **changes})).eval()
+
+
+@pytest.fixture(scope="module")
+def hybrid() -> Model:
+    return tiny_model("hybrid")
+
+
+@pytest.fixture(scope="module")
+def vit() -> Model:
+    return tiny_model("vit")
+
+
+def teacher_forced_logprobs(model: Model, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Per-token log-probabilities [B, L] of generated ``ids`` (no BOS) under the model, PAD/BOS excluded."""
+    targets = torch.cat((torch.full((ids.shape[0], 1), BOS_ID), ids), dim=1)
+    with torch.no_grad():
+        logits = model(images, targets).logits
+    return generation_logprobs(logits).gather(2, ids[..., None]).squeeze(2)
+
+
+# -- encoders -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("encoder", ["hybrid", "vit"])
+@pytest.mark.parametrize("height,width", [(64, 128), (32, 128), (64, 32), (16, 48), (48, 96)])
+def test_encoder_memory_shape(encoder, height, width, hybrid, vit):
+    model = hybrid if encoder == "hybrid" else vit
+    with torch.no_grad():
+        memory = model.encode(torch.randn(3, 1, height, width))
+    patches = (height // 16) * (width // 16)
+    assert memory.shape == (3, 1 + patches, 32)  # class token + one row per patch
+    assert torch.isfinite(memory).all()
+
+
+def test_vit_patch_keeps_its_position_code_in_smaller_images(vit):
+    """Patch (i, j) of a small image is embedded exactly like patch (i, j) of a large image with the same pixels."""
+    big = torch.randn(1, 1, 64, 128)
+    small = big[:, :, :32, :48].clone()
+    with torch.no_grad():
+        grid_big = vit.encoder.vit.patch_embed(big).view(1, 4, 8, 32)
+        grid_small = vit.encoder.vit.patch_embed(small).view(1, 2, 3, 32)
+    torch.testing.assert_close(grid_small, grid_big[:, :2, :3])
+    # ...and the position table really is used: the same pixels elsewhere get a different code.
+    shifted = torch.zeros(1, 1, 64, 128)
+    shifted[:, :, 32:, 80:] = small
+    with torch.no_grad():
+        grid_shifted = vit.encoder.vit.patch_embed(shifted).view(1, 4, 8, 32)
+    assert not torch.allclose(grid_shifted[:, 2:, 5:], grid_small)
+
+
+def test_hybrid_patch_size_must_be_multiple_of_backbone_stride():
+    assert min_patch_size([2, 3, 7]) == 16
+    with pytest.raises(ConfigError, match=r"patch_size \(24\).*\(16\)"):
+        get_model(ModelConfig(backbone_layers=[2, 3, 7], patch_size=24, max_height=48, max_width=96, **{
+            k: v for k, v in TINY.items() if k not in ("patch_size", "max_height", "max_width")}))
+
+
+@pytest.mark.parametrize("shape,message", [
+    ((1, 1, 80, 64), r"80x64 exceeds the model's maximum 64x128"),
+    ((1, 1, 64, 144), r"64x144 exceeds"),
+    ((1, 1, 40, 64), r"40x64 is not a multiple of patch_size 16"),
+    ((1, 3, 32, 32), r"3 channels, the model expects 1"),
+    ((1, 32, 32), r"4-d tensor"),
+])
+def test_bad_images_are_rejected(hybrid, shape, message):
+    with pytest.raises(ValueError, match=message):
+        hybrid.encode(torch.randn(*shape))
+
+
+def test_integer_images_are_rejected(vit):
+    with pytest.raises(ValueError, match="float tensor"):
+        vit.encode(torch.zeros(1, 1, 32, 32, dtype=torch.uint8))
+
+
+# -- training forward ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("encoder", ["hybrid", "vit"])
+def test_forward_loss_and_backward(encoder):
+    model = tiny_model(encoder).train()
+    targets = torch.tensor([[BOS_ID, 5, 6, 7, EOS_ID], [BOS_ID, 8, EOS_ID, PAD_ID, PAD_ID]])
+    out = model(torch.randn(2, 1, 32, 64), targets)
+    assert out.logits.shape == (2, 4, 40)
+    # An untrained model is close to uniform over the 40 ids.
+    assert torch.isfinite(out.loss) and abs(out.loss.item() - np.log(40)) < 1.0
+    out.loss.backward()
+    for part in (model.encoder, model.decoder):
+        grads = [p.grad for p in part.parameters() if p.requires_grad]
+        assert all(g is not None for g in grads)
+        assert sum(float(g.abs().sum()) for g in grads) > 0
+
+
+def test_pad_targets_do_not_change_the_loss(vit):
+    images = torch.randn(2, 1, 32, 64)
+    targets = torch.tensor([[BOS_ID, 5, 6, 7, EOS_ID], [BOS_ID, 8, 9, 10, EOS_ID]])
+    padded = torch.cat((targets, torch.full((2, 3), PAD_ID)), dim=1)
+    with torch.no_grad():
+        loss, loss_padded = vit(images, targets).loss, vit(images, padded).loss
+    torch.testing.assert_close(loss, loss_padded)
+
+
+def test_bad_targets_are_rejected(vit):
+    images = torch.randn(1, 1, 32, 32)
+    with pytest.raises(ValueError, match="at least 2 tokens"):
+        vit(images, torch.tensor([[BOS_ID]]))
+    with pytest.raises(ValueError, match="exceeds max_seq_len 24"):
+        vit(images, torch.full((1, 26), 5))
+    with pytest.raises(ValueError, match="batch size 2 but images have 1"):
+        vit(images, torch.full((2, 4), 5))
+
+
+# -- generation ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("encoder", ["hybrid", "vit"])
+def test_cached_greedy_equals_uncached(encoder, hybrid, vit):
+    model = hybrid if encoder == "hybrid" else vit
+    images = torch.randn(3, 1, 32, 64)
+    cached = model.generate(images, max_new_tokens=20, stop_at_eos=False)
+    uncached = model.generate(images, max_new_tokens=20, stop_at_eos=False, use_cache=False)
+    assert cached.ids.shape == (3, 20)
+    assert torch.equal(cached.ids, uncached.ids)
+    torch.testing.assert_close(cached.logprob, uncached.logprob)
+
+
+def test_cached_sampling_equals_uncached_with_same_generator(vit):
+    images = torch.randn(4, 1, 32, 64)
+    runs = []
+    for use_cache in (True, False):
+        gen = torch.Generator().manual_seed(123)
+        runs.append(vit.generate(images, max_new_tokens=20, temperature=1.0, top_k=10, top_p=0.9,
+                                 stop_at_eos=False, use_cache=use_cache, generator=gen))
+    assert torch.equal(runs[0].ids, runs[1].ids)
+    greedy = vit.generate(images, max_new_tokens=20, stop_at_eos=False)
+    assert not torch.equal(runs[0].ids, greedy.ids)  # it did sample
+
+
+def test_cached_generation_projects_memory_once(vit):
+    """Cross-attention keys/values of the image memory come from the cache after the first step."""
+    layers = vit.decoder.net.attn_layers
+    cross = [block for (_, block, _), kind in zip(layers.layers, layers.layer_types) if kind == "c"]
+    rows_projected = []
+    hooks = [attn.to_k.register_forward_hook(lambda _m, inp, _out: rows_projected.append(inp[0].shape[1]))
+             for attn in cross]
+    try:
+        memory = vit.encode(torch.randn(2, 1, 32, 64))
+        vit.decoder.generate(memory, max_new_tokens=10, stop_at_eos=False)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert len(cross) == 2
+    assert sorted(rows_projected, reverse=True)[:2] == [memory.shape[1]] * 2  # step 1: the whole memory
+    assert all(n == 0 for n in sorted(rows_projected, reverse=True)[2:])  # later steps: nothing new
+
+
+def test_greedy_logprob_is_mean_token_logprob(hybrid):
+    images = torch.randn(2, 1, 32, 64)
+    gen = hybrid.generate(images, max_new_tokens=12, stop_at_eos=False)
+    expected = teacher_forced_logprobs(hybrid, images, gen.ids).mean(dim=1)
+    torch.testing.assert_close(gen.logprob, expected, rtol=1e-4, atol=1e-5)
+
+
+def biased_to_eos(model: Model, eos_bias: float) -> Model:
+    """A copy whose output layer adds ``eos_bias`` to the EOS logit."""
+    model = copy.deepcopy(model)
+    old = model.decoder.net.to_logits
+    head = torch.nn.Linear(old.in_features, old.out_features, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(old.weight)
+        head.bias.zero_()
+        head.bias[EOS_ID] = eos_bias
+    model.decoder.net.to_logits = head
+    return model
+
+
+def test_generation_stops_at_eos():
+    model = biased_to_eos(tiny_model("vit"), 1e4)
+    for use_cache in (True, False):
+        gen = model.generate(torch.randn(3, 1, 32, 64), max_new_tokens=20, use_cache=use_cache)
+        assert gen.ids.tolist() == [[EOS_ID]] * 3  # one token each, and the batch stopped
+        torch.testing.assert_close(gen.logprob, torch.zeros(3))
+
+
+def test_finished_sequences_are_padded_until_all_stop():
+    model = biased_to_eos(tiny_model("vit"), 3.0)
+    gen = model.generate(torch.randn(6, 1, 32, 64), max_new_tokens=20, temperature=1.0,
+                         generator=torch.Generator().manual_seed(0))
+    ends = []
+    for row in gen.ids.tolist():
+        assert EOS_ID in row
+        end = row.index(EOS_ID)
+        assert all(t == PAD_ID for t in row[end + 1:])
+        assert PAD_ID not in row[:end] and BOS_ID not in row[:end]
+        ends.append(end + 1)
+    assert len(set(ends)) > 1  # rows ended at different steps...
+    assert gen.ids.shape[1] == max(ends) < 20  # ...and the loop ran until the last one ended
+
+
+def test_without_stop_at_eos_exactly_max_new_tokens():
+    model = biased_to_eos(tiny_model("vit"), 3.0)
+    gen = model.generate(torch.randn(2, 1, 32, 64), max_new_tokens=15, stop_at_eos=False)
+    assert gen.ids.shape == (2, 15) and (gen.ids == EOS_ID).all()
+
+
+def test_unknown_or_bad_generation_arguments(vit):
+    images = torch.randn(1, 1, 32, 32)
+    with pytest.raises(TypeError):
+        vit.generate(images, temprature=0.5)
+    with pytest.raises(TypeError):
+        vit.beam_search(images, beam=3)
+    with pytest.raises(TypeError):
+        vit.generate(images, 10)  # options are keyword-only
+    with pytest.raises(ValueError, match="max_new_tokens must be an integer in 1..23"):
+        vit.generate(images, max_new_tokens=24)
+    with pytest.raises(ValueError, match="temperature"):
+        vit.generate(images, temperature=-1.0)
+    with pytest.raises(ValueError, match="top_p"):
+        vit.generate(images, temperature=1.0, top_p=0.0)
+    with pytest.raises(ValueError, match="beam_size"):
+        vit.beam_search(images, beam_size=0)
+
+
+# -- sampling filters (pure functions) ----------------------------------------------------------
+
+def test_top_k_filter():
+    logits = torch.tensor([[1.0, 4.0, 3.0, 2.0], [0.5, -1.0, 2.0, 7.0]])
+    out = top_k_filter(logits, 2)
+    inf = float("-inf")
+    assert out.tolist() == [[inf, 4.0, 3.0, inf], [inf, inf, 2.0, 7.0]]
+    assert torch.equal(top_k_filter(logits, 4), logits)
+    assert logits[0, 0] == 1.0  # input untouched
+    with pytest.raises(ValueError):
+        top_k_filter(logits, 0)
+
+
+def test_top_p_filter():
+    probs = torch.tensor([[0.05, 0.5, 0.15, 0.3], [0.9, 0.04, 0.03, 0.03]])
+    logits = probs.log()
+    kept = lambda p: torch.isfinite(top_p_filter(logits, p)).tolist()  # noqa: E731
+    assert kept(0.7) == [[False, True, False, True], [True, False, False, False]]
+    assert kept(0.5) == [[False, True, False, False], [True, False, False, False]]
+    assert kept(0.96) == [[True, True, True, True], [True, True, True, False]] or \
+        kept(0.96) == [[True, True, True, True], [True, True, False, True]]
+    assert kept(1.0) == [[True] * 4] * 2
+    assert kept(1e-6) == [[False, True, False, False], [True, False, False, False]]  # the best always stays
+    kept_logits = top_p_filter(logits, 0.7)
+    assert torch.equal(kept_logits[0, 1], logits[0, 1])  # survivors keep their value
+    with pytest.raises(ValueError):
+        top_p_filter(logits, 1.5)
+
+
+def test_generation_never_emits_pad_or_bos():
+    logprobs = generation_logprobs(torch.tensor([[9.0, 9.0, 0.0, 0.0]]))
+    assert logprobs[0, PAD_ID] == float("-inf") and logprobs[0, BOS_ID] == float("-inf")
+    torch.testing.assert_close(logprobs.exp().sum(), torch.tensor(1.0))
+
+
+# -- beam search --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("encoder", ["hybrid", "vit"])
+def test_beam_one_equals_greedy(encoder, hybrid, vit):
+    model = hybrid if encoder == "hybrid" else vit
+    images = torch.randn(3, 1, 32, 64)
+    greedy = model.generate(images, max_new_tokens=15)
+    beam = model.beam_search(images, beam_size=1, max_new_tokens=15)
+    assert torch.equal(beam.ids, greedy.ids)
+    torch.testing.assert_close(beam.logprob, greedy.logprob)
+
+
+def test_beam_logprob_is_mean_token_logprob(vit):
+    images = torch.randn(3, 1, 32, 64)
+    beam = vit.beam_search(images, beam_size=4, max_new_tokens=10)
+    per_token = teacher_forced_logprobs(vit, images, beam.ids)
+    counted = (beam.ids != PAD_ID)
+    expected = (per_token * counted).sum(1) / counted.sum(1)
+    torch.testing.assert_close(beam.logprob, expected, rtol=1e-4, atol=1e-5)
+
+
+def brute_force_best(model: Model, image: torch.Tensor, steps: int, length_penalty: float) -> tuple[list[int], float]:
+    """The best sequence of at most ``steps`` tokens (ending in EOS, or cut at ``steps``) by normalised score."""
+    words = [t for t in range(model.cfg.num_tokens) if t not in (PAD_ID, BOS_ID, EOS_ID)]
+    seqs = [list(p) + [EOS_ID] for n in range(steps) for p in itertools.product(words, repeat=n)]
+    seqs += [list(p) for p in itertools.product(words, repeat=steps)]
+    ids = torch.full((len(seqs), steps), PAD_ID)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+    per_token = teacher_forced_logprobs(model, image.expand(len(seqs), -1, -1, -1), ids)
+    totals = [float(per_token[i, : len(s)].sum()) for i, s in enumerate(seqs)]
+    scores = [t / len(s) ** length_penalty for t, s in zip(totals, seqs)]
+    best = max(range(len(seqs)), key=scores.__getitem__)
+    return seqs[best], totals[best] / len(seqs[best])
+
+
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0])
+def test_wide_beam_is_exact_search(length_penalty):
+    """A beam wider than the number of hypotheses prunes nothing, so it finds the best-scoring sequence.
+
+    (With length normalisation a wider beam is NOT guaranteed to beat a narrower one or greedy in
+    general, so that is not asserted; exactness of an unpruned search is.)
+    """
+    model = tiny_model("vit", num_tokens=6, seed=3)  # words: EOS, UNK and ids 4, 5
+    with torch.no_grad():
+        model.decoder.net.to_logits.weight.mul_(6.0)  # peaky distributions: no near-ties
+    images = torch.randn(3, 1, 32, 64)
+    beam = model.beam_search(images, beam_size=40, max_new_tokens=3, length_penalty=length_penalty)
+    for b in range(3):
+        seq, mean_logprob = brute_force_best(model, images[b : b + 1], 3, length_penalty)
+        row = [t for t in beam.ids[b].tolist() if t != PAD_ID]
+        assert row == seq
+        assert beam.logprob[b].item() == pytest.approx(mean_logprob, abs=1e-4)
+
+
+# -- on real data: a tiny model memorises three real formulas -------------------------------------
+
+def load_sample(sample_dir: Path, count: int) -> tuple[torch.Tensor, list[str]]:
+    """The ``count`` shortest-labelled real im2latex images, grey, fitted into 32x128, scaled to [-1, 1]."""
+    rows = [line.split("\t", 1) for line in (sample_dir / "labels.tsv").read_text(encoding="utf-8").splitlines()]
+    rows = sorted(rows, key=lambda r: (len(r[1]), r[0]))[:count]
+    images = []
+    for path, _ in rows:
+        img = Image.open(sample_dir / path).convert("L")
+        img.thumbnail((128, 32))
+        canvas = Image.new("L", (128, 32), 255)
+        canvas.paste(img, (0, 0))
+        images.append(torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 127.5 - 1.0))
+    return torch.stack(images)[:, None], [normalize(label) for _, label in rows]
+
+
+def test_tiny_model_memorises_real_formulas(sample_dir):
+    images, labels = load_sample(sample_dir, 3)
+    tokenizer = LatexTokenizer.train([normalize(f) for f in read_formulas("im2latex_val", 2000)], 300)
+    targets, _ = tokenizer.encode(labels)
+    torch.manual_seed(0)
+    model = get_model(ModelConfig(encoder_structure="vit", channels=1, dim=64, encoder_depth=1, heads=4,
+                                  num_layers=2, num_tokens=tokenizer.vocab_size, patch_size=16,
+                                  max_height=32, max_width=128, max_seq_len=48))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(300):
+        optimizer.zero_grad()
+        loss = model(images, targets).loss
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    assert loss.item() < 0.05
+    greedy = model.generate(images, max_new_tokens=40)
+    assert tokenizer.decode(greedy.ids) == labels
+    assert (greedy.logprob > -0.1).all()
+    beam = model.beam_search(images, beam_size=3, max_new_tokens=40)
+    assert tokenizer.decode(beam.ids) == labels
+    assert torch.equal(model.generate(images, max_new_tokens=40, use_cache=False).ids, greedy.ids)
+
+
+# -- building and describing --------------------------------------------------------------------
+
+def test_parameter_counts_and_summary(hybrid, vit):
+    for model, name in ((hybrid, "ResNetV2[1, 1]+ViT"), (vit, "ViT(1 blocks)")):
+        counts = count_parameters(model)
+        assert counts["total"] == sum(p.numel() for p in model.parameters())
+        assert counts["encoder"] + counts["decoder"] == counts["total"] and counts["decoder"] > 0
+        line = model_summary(model)
+        assert "\n" not in line and name in line and "vocab 40" in line
+    assert count_parameters(hybrid)["encoder"] > count_parameters(vit)["encoder"]  # the CNN backbone
+
+
+def test_bad_decoder_args_are_config_errors():
+    with pytest.raises(ConfigError, match="decoder_args"):
+        tiny_model("vit", decoder_args={"no_such_option": True})
+    with pytest.raises(ConfigError, match="cross_attend"):
+        tiny_model("vit", decoder_args={"cross_attend": False})
+
+def test_seed_decoder_args_work_with_the_cache():
+    """The seed's decoder options (as in pix2tex/model/settings) build, and cached decoding still matches."""
+    model = tiny_model("vit", decoder_args={"cross_attend": True, "attn_on_attn": True, "ff_glu": True})
+    images = torch.randn(2, 1, 32, 64)
+    gen = model.generate(images, max_new_tokens=12, stop_at_eos=False)
+    assert isinstance(gen, Generation) and gen.ids.shape == (2, 12)
+    assert torch.equal(gen.ids, model.generate(images, max_new_tokens=12, stop_at_eos=False, use_cache=False).ids)
