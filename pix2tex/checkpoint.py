@@ -1,0 +1,159 @@
+"""Checkpoints: model folders for prediction and resume states for training.
+
+A *model folder* is what ``pix2tex predict`` and :class:`pix2tex.LatexOCR` load::
+
+    model.safetensors   weights (safetensors: loading can never run code)
+    config.yaml         the resolved ModelConfig
+    tokenizer.json      the tokenizer the model was trained with
+    meta.json           step, validation scores (informative)
+
+A *resume state* (``last.pt``) holds everything ``--resume`` needs: model, optimizer, scheduler,
+step, epoch, position in the epoch, RNG states, best score and the resolved config.  It is read
+with ``torch.load(weights_only=True)``, which only rebuilds tensors and plain containers.
+
+Every write is atomic: a file is written next to its target and renamed over it; a folder is
+built beside the old one and swapped in with two renames, and the loader falls back to the old
+folder if a crash hit between them.  A ``kill -9`` at any moment leaves a loadable checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from pix2tex.config import ConfigError, ModelConfig, config_from_dict
+from pix2tex.fileio import atomic_path
+from pix2tex.tokenizer import LatexTokenizer, TokenizerError
+
+__all__ = [
+    "CheckpointError", "save_model_folder", "load_model_folder", "resolve_model_folder",
+    "save_resume_state", "load_resume_state", "default_model_folder",
+]
+
+WEIGHTS, CONFIG, TOKENIZER, META = "model.safetensors", "config.yaml", "tokenizer.json", "meta.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, incomplete or not one of ours; the message names the path."""
+
+
+def default_model_folder() -> Path:
+    """The model bundled with the package."""
+    return Path(__file__).resolve().parent / "model" / "checkpoints" / "default"
+
+
+# -- model folders -------------------------------------------------------------------------------------
+def save_model_folder(folder: str | os.PathLike, model: torch.nn.Module, config: ModelConfig,
+                      tokenizer: LatexTokenizer, meta: dict[str, Any] | None = None,
+                      dtype: torch.dtype | None = None) -> None:
+    """Write a complete model folder, replacing ``folder`` atomically.
+
+    ``dtype`` (e.g. ``torch.float16``) stores floating-point weights at lower precision, which
+    halves the size of the bundled model; loading casts them back to float32.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        state = {}
+        for k, v in model.state_dict().items():
+            v = v.detach().cpu()
+            if dtype is not None and v.is_floating_point():
+                v = v.to(dtype)
+            state[k] = v.contiguous()
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        (tmp / CONFIG).write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=True), encoding="utf-8")
+        (tmp / TOKENIZER).write_text(tokenizer.to_str(), encoding="utf-8")
+        (tmp / META).write_text(json.dumps(meta or {}, indent=1, sort_keys=True), encoding="utf-8")
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        old = folder.with_name(folder.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def resolve_model_folder(path: str | os.PathLike | None) -> Path:
+    """The folder to load for ``path`` (None: the bundled model); handles an interrupted swap."""
+    folder = default_model_folder() if path is None else Path(path)
+    if folder.is_file() and folder.name == WEIGHTS:
+        folder = folder.parent
+    if not (folder / WEIGHTS).is_file():
+        old = folder.with_name(folder.name + ".old")
+        if (old / WEIGHTS).is_file():
+            return old
+        if path is None:
+            raise CheckpointError(f"{folder}: the bundled model is missing from this installation")
+        raise CheckpointError(f"{folder}: not a model folder (no {WEIGHTS})")
+    return folder
+
+
+def load_model_folder(path: str | os.PathLike | None = None, device: str | torch.device = "cpu"):
+    """Load (model, ModelConfig, LatexTokenizer, meta) from a model folder; the model is in eval mode."""
+    from pix2tex.models.utils import get_model  # imported here: checkpoint.py stays light to import
+
+    folder = resolve_model_folder(path)
+    for name in (CONFIG, TOKENIZER):
+        if not (folder / name).is_file():
+            raise CheckpointError(f"{folder}: incomplete model folder (no {name})")
+    try:
+        raw = yaml.safe_load((folder / CONFIG).read_text(encoding="utf-8"))
+        config = config_from_dict(raw, source=str(folder / CONFIG), check_files=False).model
+        tokenizer = LatexTokenizer.load(folder / TOKENIZER)
+        state = load_file(str(folder / WEIGHTS), device="cpu")
+    except (ConfigError, TokenizerError, yaml.YAMLError) as exc:
+        raise CheckpointError(f"{folder}: {exc}") from None
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{folder / WEIGHTS}: unreadable weights ({exc})") from None
+    model = get_model(config)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), "shape mismatch")
+        raise CheckpointError(f"{folder / WEIGHTS}: weights do not fit the config ({detail})") from None
+    if missing or unexpected:
+        raise CheckpointError(f"{folder / WEIGHTS}: weights do not fit the config "
+                              f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
+    meta_path = folder / META
+    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    return model.to(device).eval(), config, tokenizer, meta
+
+
+# -- resume states -------------------------------------------------------------------------------------
+def save_resume_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Write a resume state atomically (tensors and plain containers only)."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_resume_state(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a resume state safely: ``weights_only`` refuses arbitrary pickled objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no resume state to continue from")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... on bad files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a loadable resume state ({first})") from None
+    if not isinstance(state, dict) or state.get("format") != "pix2tex-resume":
+        raise CheckpointError(f"{path}: not a pix2tex resume state")
+    return state

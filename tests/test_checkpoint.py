@@ -1,0 +1,97 @@
+"""Model folders and resume states: round trips, interrupted writes, hostile files."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+
+import pytest
+import torch
+
+from pix2tex.checkpoint import (CheckpointError, load_model_folder, load_resume_state, save_model_folder,
+                                save_resume_state)
+from pix2tex.config import ModelConfig
+from pix2tex.models.utils import get_model
+from pix2tex.normalize import normalize
+from pix2tex.tokenizer import LatexTokenizer
+from tests.conftest import read_formulas
+
+CFG = ModelConfig(backbone_layers=[1, 1], dim=32, encoder_depth=1, heads=2, num_layers=1, num_tokens=128,
+                  max_height=64, max_width=128, max_seq_len=32)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return LatexTokenizer.train([normalize(f) for f in read_formulas("chem_units", 500)], 128)
+
+
+def test_model_folder_round_trip(tmp_path, tokenizer):
+    model = get_model(CFG).eval()
+    save_model_folder(tmp_path / "best", model, CFG, tokenizer, {"step": 7})
+    loaded, cfg, tok, meta = load_model_folder(tmp_path / "best")
+    assert cfg == CFG and meta == {"step": 7} and tok.to_str() == tokenizer.to_str()
+    x = torch.randn(2, 1, 32, 64)
+    assert torch.equal(loaded.generate(x, max_new_tokens=5).ids, model.generate(x, max_new_tokens=5).ids)
+
+
+def test_half_precision_weights_load_as_float32(tmp_path, tokenizer):
+    model = get_model(CFG)
+    save_model_folder(tmp_path / "small", model, CFG, tokenizer, dtype=torch.float16)
+    full = tmp_path / "full"
+    save_model_folder(full, model, CFG, tokenizer)
+    assert (tmp_path / "small" / "model.safetensors").stat().st_size < 0.6 * (full / "model.safetensors").stat().st_size
+    loaded = load_model_folder(tmp_path / "small")[0]
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+
+
+def test_replacing_a_folder_survives_a_crash_between_renames(tmp_path, tokenizer):
+    model = get_model(CFG)
+    folder = tmp_path / "last"
+    save_model_folder(folder, model, CFG, tokenizer, {"step": 1})
+    # A crash after "rename old away" and before "rename new in" leaves only last.old behind.
+    os.replace(folder, tmp_path / "last.old")
+    assert load_model_folder(folder)[3] == {"step": 1}
+    save_model_folder(folder, model, CFG, tokenizer, {"step": 2})
+    assert load_model_folder(folder)[3] == {"step": 2} and not (tmp_path / "last.old").exists()
+
+
+def test_broken_model_folders(tmp_path, tokenizer):
+    with pytest.raises(CheckpointError, match="not a model folder"):
+        load_model_folder(tmp_path)
+    save_model_folder(tmp_path / "m", get_model(CFG), CFG, tokenizer)
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="unreadable weights"):
+        load_model_folder(tmp_path / "m")
+    save_model_folder(tmp_path / "n", get_model(CFG), CFG, tokenizer)
+    (tmp_path / "n" / "config.yaml").write_text("dim: 48\nheads: 2\n")
+    with pytest.raises(CheckpointError, match="weights do not fit the config"):
+        load_model_folder(tmp_path / "n")
+    shutil.rmtree(tmp_path / "n")
+    save_model_folder(tmp_path / "n", get_model(CFG), CFG, tokenizer)
+    (tmp_path / "n" / "tokenizer.json").unlink()
+    with pytest.raises(CheckpointError, match="incomplete model folder"):
+        load_model_folder(tmp_path / "n")
+
+
+def test_resume_state_round_trip_and_refuses_code(tmp_path):
+    model = get_model(CFG)
+    opt = torch.optim.AdamW(model.parameters())
+    state = {"format": "pix2tex-resume", "model": model.state_dict(), "optimizer": opt.state_dict(), "step": 3,
+             "rng": {"torch": torch.get_rng_state(), "python": [1, 2, 3]}}
+    save_resume_state(tmp_path / "last.pt", state)
+    again = load_resume_state(tmp_path / "last.pt")
+    assert again["step"] == 3 and torch.equal(again["rng"]["torch"], state["rng"]["torch"])
+
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps({"format": "pix2tex-resume", "x": Exploit()}))
+    with pytest.raises(CheckpointError, match="not a loadable resume state"):
+        load_resume_state(tmp_path / "evil.pt")
+    assert not marker.exists()
+    with pytest.raises(CheckpointError, match="no resume state"):
+        load_resume_state(tmp_path / "absent.pt")
