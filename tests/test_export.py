@@ -1,0 +1,195 @@
+"""ONNX export and the onnxruntime engine: same memory, same tokens as PyTorch on real images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pix2tex.checkpoint import CheckpointError, load_model_folder, save_model_folder
+from pix2tex.config import ModelConfig
+from pix2tex.dataset.transforms import to_batch
+from pix2tex.export import ExportError, export_onnx, main
+from pix2tex.models.utils import get_model
+from pix2tex.normalize import normalize
+from pix2tex.onnx_engine import CROSS_CACHE, DECODER, ENCODER, MANIFEST, OnnxModel, load_onnx_folder
+from pix2tex.preprocess import prepare
+from pix2tex.tokenizer import EOS_ID, PAD_ID, LatexTokenizer
+from tests.conftest import SAMPLE, read_formulas
+
+CFG = ModelConfig(backbone_layers=[1, 1], dim=32, encoder_depth=1, heads=2, num_layers=2, num_tokens=128,
+                  patch_size=16, max_height=64, max_width=256, max_seq_len=40)
+STEPS = 20
+# Random weights rarely choose EOS; scaling its output row makes some sequences end early and
+# others not, so both engines must stop (and PAD) each row at the same step.
+EOS_BOOST = 1.15
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> LatexTokenizer:
+    return LatexTokenizer.train([normalize(f) for f in read_formulas("chem_units", 300)], CFG.num_tokens)
+
+
+@pytest.fixture(scope="module")
+def images() -> list[np.ndarray]:
+    """The first 8 im2latex sample images as model input (several sizes up to 64 x 256)."""
+    lines = (SAMPLE / "labels.tsv").read_text(encoding="utf-8").splitlines()[:8]
+    return [prepare(Image.open(SAMPLE / line.split("\t")[0]), patch_size=CFG.patch_size, max_height=CFG.max_height,
+                    max_width=CFG.max_width) for line in lines]
+
+
+def _export(root: Path, tokenizer: LatexTokenizer, eos_boost: float = 1.0):
+    """Save a seeded random model as a model folder, export it; (PyTorch model, ONNX model, export dir)."""
+    torch.manual_seed(1)
+    model = get_model(CFG).eval()
+    with torch.no_grad():
+        model.decoder.net.to_logits.weight[EOS_ID] *= eos_boost
+    save_model_folder(root / "model", model, CFG, tokenizer, {"step": 5})
+    out = export_onnx(root / "model", root / "onnx")
+    return load_model_folder(root / "model")[0], load_onnx_folder(out, threads=1)[0], out
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory, tokenizer):
+    return _export(tmp_path_factory.mktemp("plain"), tokenizer)
+
+
+@pytest.fixture(scope="module")
+def eos_early(tmp_path_factory, tokenizer):
+    return _export(tmp_path_factory.mktemp("eos"), tokenizer, EOS_BOOST)
+
+
+def _batches(images: list[np.ndarray]) -> list[torch.Tensor]:
+    """Three single images of different sizes and one padded batch of all eight."""
+    sizes, singles = set(), []
+    for im in images:
+        if im.shape not in sizes and len(singles) < 3:
+            sizes.add(im.shape)
+            singles.append(to_batch([im], CFG.patch_size))
+    assert len(singles) == 3
+    return singles + [to_batch(images, CFG.patch_size)]
+
+
+def test_export_folder_is_self_contained(plain, tokenizer):
+    _, onnx_model, out = plain
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [ENCODER, CROSS_CACHE, DECODER, MANIFEST, "config.yaml", "tokenizer.json", "meta.json"])
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["layers"] == ["self", "cross", "self", "cross"]
+    assert max(manifest["max_abs_diff"].values()) < 1e-4
+    model, cfg, tok, meta = load_onnx_folder(out)
+    assert cfg == CFG and tok.to_str() == tokenizer.to_str() and meta == {"step": 5}
+    assert isinstance(model, OnnxModel) and onnx_model.cfg == CFG
+    assert not list(out.parent.glob(".onnx.*"))  # no temporary folder left beside it
+
+
+def test_encoder_matches_pytorch(plain, images):
+    model, onnx_model, _ = plain
+    for x in _batches(images):
+        with torch.no_grad():
+            expected = model.encode(x)
+        got = onnx_model.encode(x)
+        assert got.shape == expected.shape == (x.shape[0], 1 + (x.shape[2] // 16) * (x.shape[3] // 16), CFG.dim)
+        assert torch.allclose(got, expected, atol=1e-4)
+
+
+def test_greedy_tokens_identical_without_eos(plain, images):
+    model, onnx_model, _ = plain
+    for x in _batches(images):
+        expected = model.generate(x, max_new_tokens=STEPS)
+        got = onnx_model.generate(x, max_new_tokens=STEPS)
+        assert got.ids.shape == (x.shape[0], STEPS)
+        assert torch.equal(got.ids, expected.ids)
+        assert torch.allclose(got.logprob, expected.logprob, atol=1e-4)
+
+
+def test_greedy_tokens_identical_when_eos_ends_rows_early(eos_early, images):
+    model, onnx_model, _ = eos_early
+    batch = to_batch(images, CFG.patch_size)
+    expected = model.generate(batch, max_new_tokens=STEPS)
+    got = onnx_model.generate(batch, max_new_tokens=STEPS)
+    assert torch.equal(got.ids, expected.ids)
+    ended = (got.ids == EOS_ID).any(dim=1)
+    assert 0 < int(ended.sum()) < len(images)  # some rows stop early, others run to the limit
+    for row in got.ids[ended]:
+        end = int((row == EOS_ID).nonzero()[0])
+        assert end < STEPS - 1 and bool((row[end + 1:] == PAD_ID).all())
+    # Alone (padded as in the batch), an image whose sequence ends stops the loop there, in both engines.
+    for k in ended.nonzero()[:, 0].tolist():
+        x = to_batch([images[k]], CFG.patch_size, height=batch.shape[2], width=batch.shape[3])
+        single = onnx_model.generate(x, max_new_tokens=STEPS)
+        assert torch.equal(single.ids, model.generate(x, max_new_tokens=STEPS).ids)
+        assert single.ids.shape[1] < STEPS and int(single.ids[0, -1]) == EOS_ID
+
+
+@pytest.mark.parametrize("which", ["plain", "eos_early"])
+def test_beam_search_identical(which, request, images):
+    model, onnx_model, _ = request.getfixturevalue(which)
+    batch = to_batch(images[:4], CFG.patch_size)
+    expected = model.beam_search(batch, beam_size=3, max_new_tokens=STEPS)
+    got = onnx_model.beam_search(batch, beam_size=3, max_new_tokens=STEPS)
+    assert torch.equal(got.ids, expected.ids)
+    assert torch.allclose(got.logprob, expected.logprob, atol=1e-4)
+
+
+def test_engine_rejects_bad_input(plain):
+    _, onnx_model, out = plain
+    with pytest.raises(ValueError, match="not a multiple of patch_size"):
+        onnx_model.generate(torch.zeros(1, 1, 40, 64))
+    with pytest.raises(ValueError, match="use_cache=False is PyTorch-only"):
+        onnx_model.decoder.generate(torch.zeros(1, 5, CFG.dim), use_cache=False)
+    with pytest.raises(ValueError, match="CPU only"):
+        load_onnx_folder(out, device="cuda")
+
+
+def test_export_of_missing_or_broken_model_folder_fails_in_one_line(tmp_path, capsys):
+    assert main(["--onnx", str(tmp_path / "out"), "--checkpoint", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "not a model folder" in err and err.count("\n") == 1
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    (broken / "config.yaml").write_text("dim: 32\n")
+    (broken / "tokenizer.json").write_text("{}")
+    assert main(["--onnx", str(tmp_path / "out"), "--checkpoint", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken"]  # nothing half-written
+
+
+def test_export_replaces_an_earlier_export_but_not_other_folders(plain, tmp_path):
+    _, _, out = plain
+    source = out.parent / "model"
+    assert main(["--onnx", str(out), "--checkpoint", str(source)]) == 0  # re-export over itself
+    assert load_onnx_folder(out)[3] == {"step": 5}
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(ExportError, match="not an ONNX export"):
+        export_onnx(source, precious)
+    assert (precious / "notes.txt").read_text() == "keep me"
+
+
+def test_loading_a_non_export_folder_fails_clearly(plain):
+    _, _, out = plain
+    with pytest.raises(CheckpointError, match="not an ONNX model folder"):
+        load_onnx_folder(out.parent / "model")
+    broken = out.parent / "broken_onnx"
+    broken.mkdir()
+    for f in out.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    (broken / DECODER).write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="decoder.onnx: unreadable ONNX graph"):
+        load_onnx_folder(broken)
