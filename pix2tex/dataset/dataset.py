@@ -36,6 +36,7 @@ from PIL import Image, UnidentifiedImageError
 from pix2tex.dataset.transforms import test_transform, to_batch, train_transform
 from pix2tex.fileio import atomic_path
 from pix2tex.normalize import normalize
+from pix2tex.preprocess import prepare
 from pix2tex.tokenizer import LatexTokenizer
 
 __all__ = [
@@ -392,20 +393,27 @@ class Im2LatexDataset:
     def prepare_data(self, batch: Sequence[int], augment_seed: int | None = None) -> Batch:
         """Load the images of ``batch``, apply the train or test transform, tokenize the labels.
 
+        Every image then goes through :func:`pix2tex.preprocess.prepare`, as at inference.
         ``augment_seed`` makes the training augmentation reproducible (each sample derives its
         own seed from it), which exact resume relies on.
         """
         transform = test_transform() if self.test else train_transform()
+        max_w, max_h = self.max_dimensions
         images = []
-        for k, i in enumerate(batch):
+        for i in batch:
             image = load_image_gray(self.image_path(i))
             if not self.test:
                 if augment_seed is not None:
                     transform.set_random_seed((augment_seed * 1_000_003 + i) % 2**32)
                 image = transform(image=image)["image"]
+            # The same crop, contrast and glyph-scale normalization as inference (pix2tex.preprocess),
+            # so the model is trained on exactly the kind of input it will be given.
+            try:
+                image = prepare(Image.fromarray(image), patch_size=self.patch_size, max_height=max_h,
+                                max_width=max_w)
+            except ValueError:  # no measurable ink left after augmentation: use it as it is
                 image = _fit(image, self.max_dimensions)
             images.append(image)
-        max_w, max_h = self.max_dimensions
         min_w, min_h = self.min_dimensions
         p = self.patch_size
         if self.pad:
