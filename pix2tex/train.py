@@ -1,0 +1,328 @@
+"""Training: ``python -m pix2tex.train --config FILE [--resume] [--no_cuda] [--set KEY=VALUE …]``.
+
+The loop is explicit: for each batch, accumulate gradients over micro-batches, clip, step the
+optimizer and the scheduler, zero the gradients.  Every ``sample_freq`` steps the model decodes
+``valbatches`` validation batches greedily and is scored (BLEU, edit distance, token accuracy);
+the best model by BLEU and the last one are written as model folders, and the resume state
+(``last.pt``) is written with them.
+
+``--resume`` restores model, optimizer, scheduler, RNG states and the position in the epoch, so
+the run continues with the same learning rate and the same batches as if it had never stopped
+(the batch order and each sample's augmentation depend only on seed, epoch and batch index).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import random
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from pix2tex.checkpoint import (CheckpointError, load_model_folder, load_resume_state, save_model_folder,
+                                save_resume_state)
+from pix2tex.config import Config, ConfigError, load_config, save_config
+from pix2tex.dataset.dataset import BatchDataset, DatasetError, Im2LatexDataset, collate_batch
+from pix2tex.metrics import Scores, score
+from pix2tex.models.utils import Model, get_model, model_summary
+from pix2tex.normalize import normalize
+from pix2tex.tokenizer import LatexTokenizer, TokenizerError
+
+__all__ = ["train", "validate", "main", "TrainResult"]
+
+
+@dataclass
+class TrainResult:
+    step: int
+    epoch: int
+    best_bleu: float
+    last_loss: float
+    run_dir: Path
+
+
+class _Stop(Exception):
+    """Raised from the signal handler so the loop can save its state and exit cleanly."""
+
+
+def _device(no_cuda: bool) -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() and not no_cuda else "cpu")
+
+
+def load_datasets(config: Config) -> tuple[Im2LatexDataset, Im2LatexDataset | None, LatexTokenizer]:
+    t, m = config.train, config.model
+    if t.data is None or t.tokenizer is None:
+        raise ConfigError("the config needs 'data' (train .pkl) and 'tokenizer' to train")
+    tokenizer = LatexTokenizer.load(t.tokenizer)
+    if tokenizer.vocab_size > m.num_tokens:
+        raise ConfigError(f"num_tokens ({m.num_tokens}) is smaller than the tokenizer's vocabulary "
+                          f"({tokenizer.vocab_size}, {t.tokenizer})")
+    common = dict(max_seq_len=m.max_seq_len, max_dimensions=(m.max_width, m.max_height),
+                  min_dimensions=(t.min_width, t.min_height), patch_size=m.patch_size)
+    train_set = Im2LatexDataset.load(t.data)
+    train_set.set_tokenizer(tokenizer)
+    train_set.update(batchsize=t.batchsize, shuffle=True, test=not t.augment, seed=t.seed,
+                     keep_smaller_batches=False, **common)
+    val_set = None
+    if t.valdata is not None:
+        val_set = Im2LatexDataset.load(t.valdata)
+        val_set.set_tokenizer(tokenizer)
+        val_set.update(batchsize=t.testbatchsize, shuffle=False, test=True, seed=t.seed,
+                       keep_smaller_batches=True, **common)
+    if not train_set.batches(0):
+        raise DatasetError(f"{t.data}: no training batch fits the size and length limits "
+                           f"({len(train_set)} samples, batchsize {t.batchsize})")
+    return train_set, val_set, tokenizer
+
+
+def build_optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Optimizer:
+    t = config.train
+    cls = torch.optim.AdamW if t.optimizer == "AdamW" else torch.optim.Adam
+    return cls(model.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: Config, total_steps: int):
+    t = config.train
+    if t.scheduler == "OneCycleLR":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=t.max_lr, total_steps=max(total_steps, 2),
+                                                   pct_start=t.pct_start, anneal_strategy="cos")
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=t.lr_step, gamma=t.gamma)
+
+
+@torch.no_grad()
+def validate(model: Model, dataset: Im2LatexDataset, tokenizer: LatexTokenizer, max_batches: int,
+             device: torch.device) -> tuple[Scores, list[tuple[str, str]]]:
+    """Greedy-decode up to ``max_batches`` batches; return scores and (prediction, reference) pairs."""
+    model.eval()
+    predictions: list[str] = []
+    references: list[str] = []
+    for batch_indices in dataset.batches(0)[:max_batches]:
+        batch = dataset.prepare_data(batch_indices)
+        # Decoding can stop well before max_seq_len: references bound the useful length.
+        limit = min(model.cfg.max_seq_len - 1, int(batch.ids.shape[1] * 1.5) + 8)
+        out = model.generate(batch.images.to(device), max_new_tokens=limit)
+        predictions += tokenizer.decode(out.ids.cpu())
+        references += batch.labels
+    model.train()
+    predictions = [normalize(p) for p in predictions]
+    return score(predictions, references), list(zip(predictions, references))
+
+
+def _weights_from(path: str) -> dict[str, torch.Tensor]:
+    """Model weights of a model folder or a resume state (``load_chkpt``: weights only)."""
+    if Path(path).is_dir():
+        return load_model_folder(path)[0].state_dict()
+    return load_resume_state(path)["model"]
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class _Logger:
+    """metrics.jsonl always; wandb when the config asks for it (never prompting)."""
+
+    def __init__(self, run_dir: Path, config: Config, resume: bool):
+        self.path = run_dir / "metrics.jsonl"
+        self.wandb = None
+        if config.train.wandb:
+            try:
+                import wandb  # optional dependency
+            except ImportError:
+                raise ConfigError("wandb: true needs the wandb package (pip install 'pix2tex[wandb]')") from None
+            import os
+
+            # Without a terminal wandb would wait for a key on stdin: log offline instead.
+            mode = "online" if (sys.stdin.isatty() or os.environ.get("WANDB_API_KEY")) else "offline"
+            self.wandb = wandb.init(project="pix2tex", name=config.train.name, id=config.train.id,
+                                    resume="allow" if resume else None, config=config.to_dict(), mode=mode,
+                                    dir=str(run_dir))
+
+    def log(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self.wandb is not None:
+            self.wandb.log(record, step=record["step"])
+
+    def close(self) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def train(config: Config, resume: bool = False, device: torch.device | None = None,
+          progress: bool = True) -> TrainResult:
+    """Train according to ``config``; returns where it stopped.  Importable and testable."""
+    t, m = config.train, config.model
+    device = device or _device(False)
+    run_dir = Path(t.model_path) / t.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    train_set, val_set, tokenizer = load_datasets(config)
+
+    torch.manual_seed(t.seed)
+    random.seed(t.seed)
+    model = get_model(m).to(device)
+    print(f"{model_summary(model)}; device {device}", file=sys.stderr)
+
+    batches_per_epoch = len(train_set.batches(0))
+    total_steps = t.max_steps if t.max_steps is not None else t.epochs * batches_per_epoch
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config, total_steps)
+    step, epoch, start_batch, best_bleu = 0, 0, 0, -1.0
+
+    if resume:
+        state = load_resume_state(run_dir / "last.pt")
+        saved, current = state["config"], config.to_dict()
+        changed = [f.name for f in dataclasses.fields(m) if saved.get(f.name) != current[f.name]]
+        if changed:
+            raise ConfigError(f"--resume: model settings differ from the saved run: {', '.join(changed)}")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, epoch, start_batch, best_bleu = state["step"], state["epoch"], state["batch"], state["best_bleu"]
+        _set_rng_state(state["rng"])
+        print(f"resumed {run_dir / 'last.pt'} at step {step} (epoch {epoch}, batch {start_batch})", file=sys.stderr)
+    elif t.load_chkpt is not None:
+        model.load_state_dict(_weights_from(t.load_chkpt))
+        print(f"loaded weights from {t.load_chkpt}", file=sys.stderr)
+    save_config(config, run_dir / "config.yaml")
+
+    logger = _Logger(run_dir, config, resume)
+    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+    def save_state(epoch_: int, batch_: int) -> None:
+        save_resume_state(run_dir / "last.pt", {
+            "format": "pix2tex-resume", "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "step": step, "epoch": epoch_, "batch": batch_,
+            "best_bleu": best_bleu, "rng": _rng_state(), "config": config.to_dict(),
+        })
+
+    def on_signal(signum, frame):  # noqa: ARG001
+        raise _Stop()
+
+    previous = signal.signal(signal.SIGTERM, on_signal)
+    model.train()
+    loss_value = float("nan")
+    bar = tqdm(total=total_steps, initial=step, disable=not progress, dynamic_ncols=True, desc="train")
+    batch_index = start_batch
+    try:
+        while step < total_steps and epoch < t.epochs:
+            loader = torch.utils.data.DataLoader(
+                BatchDataset(train_set, epoch, start=batch_index), batch_size=None, shuffle=False,
+                num_workers=t.num_workers, collate_fn=collate_batch, persistent_workers=False)
+            tick = time.perf_counter()
+            for batch in loader:
+                images, ids = batch.images.to(device), batch.ids.to(device)
+                total = images.shape[0]
+                loss_value = 0.0
+                for lo in range(0, total, t.micro):
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                        out = model(images[lo : lo + t.micro], ids[lo : lo + t.micro])
+                    part = out.loss * (min(t.micro, total - lo) / total)
+                    part.backward()
+                    loss_value += part.item()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_grad)
+                lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                batch_index += 1
+                now = time.perf_counter()
+                rate = total / max(now - tick, 1e-9)
+                tick = now
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_value:.4f}", samples_s=f"{rate:.1f}")
+                if step % t.log_every == 0 or step == 1:
+                    logger.log({"step": step, "epoch": epoch, "loss": loss_value,
+                                "lr": lr, "samples_per_s": rate})
+                if step % t.sample_freq == 0 or step == total_steps:
+                    if val_set is not None and len(val_set):
+                        scores, samples = validate(model, val_set, tokenizer, t.valbatches, device)
+                        logger.log({"step": step, "epoch": epoch, **{f"val_{k}": v for k, v in scores.as_dict().items()}})
+                        bar.write(f"step {step}: {scores}")
+                        for pred, ref in samples[: t.test_samples]:
+                            bar.write(f"  ref  {ref}\n  pred {pred}")
+                        meta = {"step": step, "epoch": epoch, "val": scores.as_dict()}
+                        if scores.bleu > best_bleu:
+                            best_bleu = scores.bleu
+                            save_model_folder(run_dir / "best", model, m, tokenizer, meta)
+                        save_model_folder(run_dir / "last", model, m, tokenizer, meta)
+                    else:
+                        save_model_folder(run_dir / "last", model, m, tokenizer, {"step": step, "epoch": epoch})
+                    save_state(epoch, batch_index)
+                if step >= total_steps:
+                    break
+            else:
+                epoch += 1
+                batch_index = 0
+                if epoch % t.save_freq == 0:
+                    save_state(epoch, 0)
+                continue
+            break
+        save_model_folder(run_dir / "last", model, m, tokenizer, {"step": step, "epoch": epoch})
+        save_state(epoch, batch_index)
+    except (KeyboardInterrupt, _Stop):
+        bar.write(f"interrupted at step {step}: saving {run_dir / 'last.pt'}")
+        save_state(epoch, batch_index)
+        raise KeyboardInterrupt from None
+    finally:
+        bar.close()
+        logger.close()
+        signal.signal(signal.SIGTERM, previous)
+    return TrainResult(step, epoch, best_bleu, loss_value, run_dir)
+
+
+def _parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pix2tex.train", description="Train a pix2tex model.")
+    parser.add_argument("--config", required=True, help="YAML settings (see pix2tex/model/settings/)")
+    parser.add_argument("--resume", action="store_true", help="continue the run from its last.pt")
+    parser.add_argument("--no_cuda", "--no-cuda", action="store_true", help="train on the CPU")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting of the config file (repeatable)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config, _parse_overrides(args.overrides))
+        result = train(config, resume=args.resume, device=_device(args.no_cuda), progress=not args.no_progress)
+    except KeyboardInterrupt:
+        return 130
+    except (ConfigError, DatasetError, TokenizerError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    best = f"{result.best_bleu:.4f}" if result.best_bleu >= 0 else "n/a"
+    print(f"done: step {result.step}, epoch {result.epoch}, last loss {result.last_loss:.4f}, "
+          f"best val BLEU {best}; model folders in {result.run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
