@@ -1,0 +1,102 @@
+"""The ``pix2tex`` command: ``pix2tex predict|train|eval|render|dataset …``.
+
+``predict`` is implemented here; the other verbs hand their arguments to the modules that the
+seed runs with ``python -m`` (``pix2tex train --config X`` == ``python -m pix2tex.train --config X``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main", "predict_main"]
+
+
+def predict_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="pix2tex predict", description="Print the LaTeX of formula images.")
+    parser.add_argument("images", nargs="+", help="image files, folders, glob patterns, or - for stdin")
+    parser.add_argument("--checkpoint", help="model folder (default: the bundled model)")
+    parser.add_argument("--beam", type=int, default=1, help="beam size (1: greedy)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images decoded together")
+    parser.add_argument("--format", choices=("text", "json"), default="text",
+                        help="text: the LaTeX (path<TAB>LaTeX for several images); json: one object per image")
+    parser.add_argument("--no-rescale", action="store_true", help="do not normalize the glyph size")
+    parser.add_argument("--device", help="cpu, cuda, … (default: CUDA when available)")
+    parser.add_argument("--engine", choices=("torch", "onnx"), default="torch",
+                        help="onnx: run a folder written by `pix2tex export --onnx DIR` with onnxruntime")
+    parser.add_argument("--threads", type=int, help="CPU threads of the onnx engine")
+    args = parser.parse_args(argv)
+    if args.beam < 1 or args.batch_size < 1:
+        parser.error("--beam and --batch-size must be at least 1")
+
+    from tqdm.auto import tqdm
+
+    from pix2tex.checkpoint import CheckpointError
+    from pix2tex.inference import LatexOCR, expand_inputs
+
+    sources = expand_inputs(args.images)
+    inputs = [sys.stdin.buffer.read() if s == "-" else s for s in sources]
+    try:
+        ocr = LatexOCR(args.checkpoint, device=args.device, beam=args.beam, batch_size=args.batch_size,
+                       rescale=not args.no_rescale, engine=args.engine, threads=args.threads)
+    except (CheckpointError, ValueError, ImportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with tqdm(total=len(inputs), disable=len(inputs) <= 3 or not sys.stderr.isatty(), desc="predict") as bar:
+        results = ocr.predict(inputs, progress=bar)
+    failed = 0
+    for source, result in zip(sources, results):
+        name = "<stdin>" if source == "-" else source
+        if result.error is not None:
+            failed += 1
+            message = result.error.replace("<image 0>", name) if source == "-" else result.error
+            print(f"error: {message}", file=sys.stderr)
+            if args.format == "json":
+                print(json.dumps({"path": name, "latex": None, "error": message}))
+            continue
+        if args.format == "json":
+            print(json.dumps({"path": name, "latex": result.latex, "confidence": round(result.confidence, 4),
+                              "seconds": round(result.seconds, 4)}))
+        elif len(sources) == 1:
+            print(result.latex)
+        else:
+            print(f"{name}\t{result.latex}")
+    return 1 if failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import warnings
+
+    # x-transformers decorates helpers with torch.jit.script, which torch now flags on import;
+    # the warning is about the library, not about anything a user of this command can change.
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbs = {
+        "predict": None,
+        "train": "pix2tex.train",
+        "eval": "pix2tex.eval",
+        "render": "pix2tex.dataset.render",
+        "dataset": "pix2tex.dataset.dataset",
+        "split": "pix2tex.dataset.split",
+        "export": "pix2tex.export",
+    }
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in verbs:
+        usage = "usage: pix2tex {" + ",".join(verbs) + "} …\n  pix2tex predict IMAGE… [--checkpoint MODEL]"
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"error: unknown command {argv[0]!r}\n{usage}", file=sys.stderr)
+            return 2
+        print(usage)
+        return 0 if argv else 2
+    verb, rest = argv[0], argv[1:]
+    if verb == "predict":
+        return predict_main(rest)
+    import importlib
+
+    module = importlib.import_module(verbs[verb])
+    return module.main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

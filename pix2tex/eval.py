@@ -1,0 +1,136 @@
+"""Evaluation: ``python -m pix2tex.eval [--checkpoint MODEL] (--data TEST.pkl | --images DIR --labels labels.tsv)``.
+
+Prints BLEU-4 (on normalized tokens), normalized edit distance, token accuracy and exact match,
+and writes every prediction next to its reference (``--out``, a TSV: image, prediction, reference).
+
+* ``--data``: a dataset built by ``pix2tex.dataset.dataset`` (the project's own renders); images are
+  fed exactly as during validation.
+* ``--images``/``--labels``: a folder of real images with ``path<TAB>latex`` labels (e.g.
+  ../shared/data/images/im2latex_sample); images go through the same preprocessing as
+  ``pix2tex predict``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from pix2tex.checkpoint import CheckpointError, load_model_folder
+from pix2tex.dataset.dataset import DatasetError, Im2LatexDataset, read_labels
+from pix2tex.fileio import atomic_write_text
+from pix2tex.inference import LatexOCR
+from pix2tex.metrics import Scores, score
+from pix2tex.normalize import normalize
+
+__all__ = ["evaluate_dataset", "evaluate_folder", "main"]
+
+
+@torch.inference_mode()
+def evaluate_dataset(checkpoint: str | None, data: str, *, beam: int = 1, batch_size: int = 16,
+                     limit: int | None = None, device: str = "cpu",
+                     progress: bool = True) -> tuple[Scores, list[tuple[str, str, str]]]:
+    """Score a model folder on a .pkl dataset; returns scores and (image, prediction, reference) rows."""
+    model, config, tokenizer, _ = load_model_folder(checkpoint, device)
+    ds = Im2LatexDataset.load(data)
+    ds.set_tokenizer(tokenizer)
+    ds.update(batchsize=batch_size, shuffle=False, test=True, keep_smaller_batches=True,
+              max_seq_len=config.max_seq_len, max_dimensions=(config.max_width, config.max_height),
+              patch_size=config.patch_size)
+    batches = ds.batches(0)
+    if limit is not None:
+        kept, budget = [], limit
+        for b in batches:
+            if budget <= 0:
+                break
+            kept.append(b[:budget])
+            budget -= len(kept[-1])
+        batches = kept
+    rows: list[tuple[str, str, str]] = []
+    for indices in tqdm(batches, disable=not progress, desc="eval"):
+        batch = ds.prepare_data(indices)
+        x = batch.images.to(device)
+        limit_tokens = config.max_seq_len - 1
+        out = (model.beam_search(x, beam_size=beam, max_new_tokens=limit_tokens) if beam > 1
+               else model.generate(x, max_new_tokens=limit_tokens))
+        for i, pred, ref in zip(indices, tokenizer.decode(out.ids.cpu()), batch.labels):
+            rows.append((str(ds.image_path(i)), normalize(pred), ref))
+    left_out = len(ds) - sum(len(b) for b in ds.batches(0))
+    if left_out and limit is None:
+        print(f"note: {left_out} samples exceed the model's size or length limits and were not scored",
+              file=sys.stderr)
+    return score([r[1] for r in rows], [r[2] for r in rows]), rows
+
+
+def evaluate_folder(checkpoint: str | None, images: str, labels: str, *, beam: int = 1, batch_size: int = 16,
+                    limit: int | None = None, device: str | None = None,
+                    progress: bool = True) -> tuple[Scores, list[tuple[str, str, str]]]:
+    """Score a model folder on real images listed in a ``path<TAB>latex`` file."""
+    pairs = read_labels(labels)
+    if any(image is None for image, _ in pairs):
+        raise DatasetError(f"{labels}: expected 'path<TAB>latex' lines")
+    pairs = pairs[:limit] if limit is not None else pairs
+    root = Path(images)
+    if not root.is_dir():
+        raise DatasetError(f"{images}: image folder not found")
+    # labels.tsv paths may include the folder's own name (im2latex_sample: images/x.png).
+    paths = [str(root / p) if (root / p).exists() else str(root.parent / p) for p, _ in pairs]
+    ocr = LatexOCR(checkpoint, device=device, beam=beam, batch_size=batch_size)
+    with tqdm(total=len(paths), disable=not progress, desc="eval") as bar:
+        predictions = ocr.predict(paths, progress=bar)
+    rows = []
+    for pred, (_, ref) in zip(predictions, pairs):
+        if pred.error is not None:
+            print(f"warning: {pred.error}", file=sys.stderr)
+        rows.append((pred.source, pred.latex or "", normalize(ref)))
+    return score([r[1] for r in rows], [r[2] for r in rows]), rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pix2tex.eval", description="Evaluate a pix2tex model.")
+    parser.add_argument("--checkpoint", help="model folder (default: the bundled model)")
+    parser.add_argument("--data", help="test dataset .pkl")
+    parser.add_argument("--images", help="folder of real images (with --labels)")
+    parser.add_argument("--labels", help="path<TAB>latex file for --images")
+    parser.add_argument("--beam", type=int, default=1, help="beam size (1: greedy)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--limit", type=int, help="score only the first N samples")
+    parser.add_argument("--out", help="predictions TSV (default: predictions.tsv in the working directory)")
+    parser.add_argument("--json", action="store_true", help="print the scores as one JSON line")
+    parser.add_argument("--no_cuda", "--no-cuda", action="store_true")
+    args = parser.parse_args(argv)
+    if (args.data is None) == (args.images is None) or (args.images is not None and args.labels is None):
+        parser.error("give either --data TEST.pkl or --images DIR --labels FILE")
+    if args.beam < 1:
+        parser.error("--beam must be at least 1")
+    device = "cuda" if torch.cuda.is_available() and not args.no_cuda else "cpu"
+    start = time.perf_counter()
+    try:
+        if args.data is not None:
+            scores, rows = evaluate_dataset(args.checkpoint, args.data, beam=args.beam, batch_size=args.batch_size,
+                                            limit=args.limit, device=device)
+        else:
+            scores, rows = evaluate_folder(args.checkpoint, args.images, args.labels, beam=args.beam,
+                                           batch_size=args.batch_size, limit=args.limit, device=device)
+    except (CheckpointError, DatasetError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    seconds = time.perf_counter() - start
+    out = Path(args.out or "predictions.tsv")
+    atomic_write_text(out, "image\tprediction\treference\n" + "".join(f"{i}\t{p}\t{r}\n" for i, p, r in rows))
+    if args.json:
+        print(json.dumps({**scores.as_dict(), "beam": args.beam, "seconds": round(seconds, 2)}))
+    else:
+        print(scores)
+        print(f"predictions: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
