@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import struct
+import zlib
+
 import pytest
 import torch
 
@@ -30,3 +33,14 @@ def _seeded():
 def sample_dir() -> Path:
     assert SAMPLE.is_dir(), f"missing real data at {SAMPLE}"
     return SAMPLE
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose IHDR claims ``width`` x ``height`` (8-bit gray) but carries no real pixel data."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr)
+            + png_chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + png_chunk(b"IEND", b""))

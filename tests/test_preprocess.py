@@ -7,8 +7,6 @@ EXIF rotation, dark mode, colour, transparency and scale changes.
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +19,10 @@ from pix2tex.preprocess import (
     DEFAULT_GLYPH_HEIGHT, MARGIN, MAX_PIXELS, BlankImageError, ImageLoadError, crop_to_content,
     estimate_glyph_height, invert_if_dark, load_image, normalize_contrast, prepare,
 )
+from tests.conftest import SAMPLE as SAMPLE_DIR
+from tests.conftest import png_header_only
 
-SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "images" / "im2latex_sample" / "images"
+SAMPLES = SAMPLE_DIR / "images"
 SAMPLE = SAMPLES / "60ee748793.png"  # a long formula with fractions and scripts, 500x100
 CFG = ModelConfig()
 SIZE = dict(patch_size=CFG.patch_size, max_height=CFG.max_height, max_width=CFG.max_width)
@@ -48,17 +48,6 @@ def _seeded_samples(n: int, seed: int = 0) -> list[Path]:
     return [paths[i] for i in rng.choice(len(paths), n, replace=False)]
 
 
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose IHDR claims ``width`` x ``height`` (8-bit gray) but carries no real pixel data."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr)
-            + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + _png_chunk(b"IEND", b""))
-
-
 # ----------------------------------------------------------------------------------------------
 # Bad files
 
@@ -69,9 +58,9 @@ def _bad_files(tmp: Path) -> dict[str, tuple[Path, str]]:
         "zero bytes": ("empty.png", b"", "empty file"),
         "truncated png": ("truncated.png", good[: len(good) // 2], "truncated or corrupt image data"),
         "text named png": ("notes.png", b"\\frac{a}{b} is not a picture\n", "not an image (cannot identify format)"),
-        "huge header": ("bomb.png", _png_header_only(20000, 20000),
+        "huge header": ("bomb.png", png_header_only(20000, 20000),
                         "image is 20000x20000 = 400 MP, over the 60 MP limit"),
-        "over our limit only": ("big.png", _png_header_only(8000, 8000),
+        "over our limit only": ("big.png", png_header_only(8000, 8000),
                                 "image is 8000x8000 = 64 MP, over the 60 MP limit"),
         "spaces and unicode": ("my formulas/ünïcødé формула ∑ (1).png", b"", "empty file"),
     }
@@ -101,7 +90,7 @@ def test_bad_file_gives_one_line_error_naming_path(tmp_path: Path, case: str) ->
 
 def test_bomb_is_refused_from_bytes_too() -> None:
     with pytest.raises(ImageLoadError, match=r"^<bytes>: image is 20000x20000 = 400 MP, over the 60 MP limit$"):
-        load_image(_png_header_only(20000, 20000))
+        load_image(png_header_only(20000, 20000))
 
 
 def test_custom_pixel_limit_and_missing_file(tmp_path: Path) -> None:

@@ -231,7 +231,7 @@ def test_dataset_is_deterministic_and_labels_match_images(tmp_path):
     settings = RenderSettings(seed=3, workers=2, batch_size=2)
     first = render_dataset(formulas, tmp_path / "a", settings)
     assert (first.total, first.rendered, first.failed) == (9, 6, 3)
-    again = render_dataset(formulas, tmp_path / "b", RenderSettings(seed=3, workers=1, batch_size=50))
+    render_dataset(formulas, tmp_path / "b", RenderSettings(seed=3, workers=1, batch_size=50))
     assert _read_outputs(tmp_path / "a") == _read_outputs(tmp_path / "b")  # byte-identical
     other = render_dataset(formulas, tmp_path / "c", RenderSettings(seed=4, workers=1))
     assert other.rendered == 6

@@ -1,0 +1,132 @@
+"""LatexOCR and `pix2tex predict`: many inputs, bad files, output formats, engines."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from pix2tex.checkpoint import save_model_folder
+from pix2tex.config import ModelConfig
+from pix2tex.inference import LatexOCR, expand_inputs
+from pix2tex.models.utils import get_model
+from pix2tex.normalize import normalize
+from pix2tex.tokenizer import LatexTokenizer
+from tests.conftest import REPO, SAMPLE, png_header_only, read_formulas
+
+CFG = ModelConfig(backbone_layers=[1, 1], dim=32, encoder_depth=1, heads=2, num_layers=1, num_tokens=128,
+                  max_height=128, max_width=640, max_seq_len=24)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model") / "m"
+    tok = LatexTokenizer.train([normalize(f) for f in read_formulas("chem_units", 500)], 128)
+    save_model_folder(folder, get_model(CFG), CFG, tok)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """Two real sample images under awkward names, and a corpus of broken files."""
+    d = tmp_path_factory.mktemp("imgs")
+    names = sorted(p.name for p in (SAMPLE / "images").iterdir())[:2]
+    good = [d / "with space.png", d / "ünïcödé.png"]
+    for name, target in zip(names, good):
+        shutil.copy(SAMPLE / "images" / name, target)
+    bad = {
+        "zero.png": b"",
+        "text.png": b"just some text\n",
+        "truncated.png": (SAMPLE / "images" / names[0]).read_bytes()[:300],
+    }
+    for name, data in bad.items():
+        (d / name).write_bytes(data)
+    (d / "bomb.png").write_bytes(png_header_only(20000, 20000))  # a decompression bomb
+    Image.new("L", (300, 80), 255).save(d / "white.png")
+    return good, [d / n for n in ("zero.png", "text.png", "truncated.png", "bomb.png", "white.png")]
+
+
+def test_predict_many_with_errors_in_between(model_dir, images):
+    good, bad = images
+    ocr = LatexOCR(model_dir, device="cpu", batch_size=4)
+    results = ocr.predict([good[0], *bad, good[1]])
+    assert [r.source for r in results] == [str(p) for p in (good[0], *bad, good[1])]
+    assert results[0].error is None and results[-1].error is None
+    assert isinstance(results[0].latex, str) and results[0].confidence <= 0
+    for r, path in zip(results[1:-1], bad):
+        assert r.latex is None and r.error.startswith(str(path)) and "\n" not in r.error
+    assert "over the" in results[4].error  # the bomb is refused from its header
+    with pytest.raises(ValueError, match="zero.png"):
+        ocr(bad[0])
+    assert ocr(Image.open(good[0])) == results[0].latex
+
+
+def test_beam_and_batching_do_not_change_greedy_results(model_dir, images):
+    # Images of one padded size batch without changing results (other sizes are padded with
+    # white to the batch's size, which the encoder sees).
+    good, _ = images
+    same_size = [good[0], good[0], Image.open(good[0]).copy()]
+    one = LatexOCR(model_dir, device="cpu", batch_size=1).predict(same_size)
+    many = LatexOCR(model_dir, device="cpu", batch_size=8).predict(same_size)
+    beam1 = LatexOCR(model_dir, device="cpu", beam=1, batch_size=8).predict(same_size)
+    assert [r.latex for r in one] == [r.latex for r in many] == [r.latex for r in beam1]
+    beam3 = LatexOCR(model_dir, device="cpu", beam=3).predict(good)
+    assert all(b.confidence >= -50 for b in beam3)
+
+
+def test_expand_inputs(images, tmp_path):
+    good, _ = images
+    folder = good[0].parent
+    listed = expand_inputs([str(folder)])
+    assert str(good[0]) in listed and all(p.endswith(".png") for p in listed)
+    assert expand_inputs([str(folder / "with*.png")]) == [str(good[0])]
+    assert expand_inputs(["-", str(tmp_path / "missing.png")]) == ["-", str(tmp_path / "missing.png")]
+
+
+def _cli(*args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "pix2tex.cli", *args], cwd=REPO, capture_output=True,
+                          input=stdin, timeout=300)
+
+
+def test_cli_predict_reports_each_bad_file_and_exits_nonzero(model_dir, images):
+    good, bad = images
+    r = _cli("predict", str(good[0]), *map(str, bad), str(good[1]), "--checkpoint", str(model_dir),
+             "--format", "json")
+    assert r.returncode == 1
+    lines = [json.loads(x) for x in r.stdout.decode().splitlines()]
+    assert [x["path"] for x in lines] == [str(p) for p in (good[0], *bad, good[1])]
+    assert lines[0]["latex"] is not None and lines[-1]["latex"] is not None
+    errors = [x for x in r.stderr.decode().splitlines() if x.startswith("error: ")]
+    assert len(errors) == len(bad)
+    assert all(str(p) in e for p, e in zip(bad, errors))
+
+
+def test_cli_predict_stdin_text_format(model_dir, images):
+    good, _ = images
+    r = _cli("predict", "-", "--checkpoint", str(model_dir), stdin=good[0].read_bytes())
+    assert r.returncode == 0, r.stderr.decode()
+    expected = LatexOCR(model_dir, device="cpu")(good[0])
+    assert r.stdout.decode().strip() == expected
+
+
+def test_cli_errors(model_dir, tmp_path):
+    r = _cli("predict", "x.png", "--checkpoint", str(tmp_path))
+    assert r.returncode == 2 and "not a model folder" in r.stderr.decode()
+    r = _cli("frobnicate")
+    assert r.returncode == 2 and "unknown command" in r.stderr.decode()
+
+
+def test_onnx_engine_reads_like_torch(model_dir, images, tmp_path):
+    good, _ = images
+    from pix2tex.export import export_onnx
+
+    export_onnx(str(model_dir), tmp_path / "onnx")
+    torch_out = LatexOCR(model_dir, device="cpu").predict(good)
+    onnx_out = LatexOCR(tmp_path / "onnx", engine="onnx").predict(good)
+    assert [r.latex for r in onnx_out] == [r.latex for r in torch_out]
+    r = _cli("predict", str(good[0]), "--checkpoint", str(tmp_path / "onnx"), "--engine", "onnx")
+    assert r.returncode == 0 and r.stdout.decode().strip() == torch_out[0].latex
