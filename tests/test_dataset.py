@@ -183,3 +183,26 @@ def test_cli_tokenizer_and_dataset(tmp_path):
     assert len(Im2LatexDataset.load(out)) == 20
     r = run("-i", str(tmp_path / "nope"), "-e", str(labels), "-o", str(out))
     assert r.returncode == 2 and r.stderr.strip().endswith("image folder not found")
+
+
+def test_train_transform_uses_no_deprecated_arguments(sample):
+    import warnings
+
+    from pix2tex.dataset.dataset import load_image_gray
+
+    image = load_image_gray(sample.image_path(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # albumentations warns about deprecated or unknown arguments
+        t = train_transform()
+        for seed in range(20):
+            t.set_random_seed(seed)
+            t(image=image)
+
+
+def test_requirements_txt_matches_pyproject():
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    wanted = set(project["dependencies"]) | set(project["optional-dependencies"]["onnx"])
+    lines = [line for line in (REPO / "requirements.txt").read_text().splitlines() if line and not line.startswith("#")]
+    assert set(lines) == wanted
