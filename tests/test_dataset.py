@@ -46,8 +46,8 @@ def test_batches_group_sizes_and_cover_everything(sample):
     assert len(flat) >= len(sample.eligible()) - 7  # only a last partial batch may be dropped
     # Batches are ordered by a seeded shuffle: same epoch -> same order, another epoch -> another.
     assert sample.batches(0) == batches and sample.batches(1) != batches
-    # Grouping by size keeps padding small: most batches share one padded height.
-    same_height = sum(len({-(-sample.heights[i] // 16) for i in b}) == 1 for b in batches)
+    # Grouping by (prepared) size keeps padding small: most batches share one padded height.
+    same_height = sum(len({-(-sample.prepared_size(i)[0] // 16) for i in b}) == 1 for b in batches)
     assert same_height / len(batches) > 0.8
 
 
@@ -206,3 +206,11 @@ def test_requirements_txt_matches_pyproject():
     wanted = set(project["dependencies"]) | set(project["optional-dependencies"]["onnx"])
     lines = [line for line in (REPO / "requirements.txt").read_text().splitlines() if line and not line.startswith("#")]
     assert set(lines) == wanted
+
+
+def test_prepared_size_predicts_the_model_input(sample):
+    # Bucketing relies on it: the size estimated at build time matches what prepare_data makes.
+    for i in range(0, 40, 4):
+        h, w = sample.prepared_size(i)
+        image = sample.prepare_data([i]).images
+        assert abs(image.shape[2] - h) <= 16 + 4 and abs(image.shape[3] - w) <= 16 + 8

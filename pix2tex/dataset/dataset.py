@@ -36,7 +36,7 @@ from PIL import Image, UnidentifiedImageError
 from pix2tex.dataset.transforms import test_transform, to_batch, train_transform
 from pix2tex.fileio import atomic_path
 from pix2tex.normalize import normalize
-from pix2tex.preprocess import prepare
+from pix2tex.preprocess import DEFAULT_GLYPH_HEIGHT, MARGIN, crop_to_content, estimate_glyph_height, prepare
 from pix2tex.tokenizer import LatexTokenizer
 
 __all__ = [
@@ -89,14 +89,19 @@ def load_image_gray(path: str | os.PathLike) -> np.ndarray:
         return np.asarray(im.convert("L"))
 
 
-def _check_image(path: Path) -> tuple[int, int] | str:
-    """(width, height) of a readable image, or the reason it is unusable."""
+def _inspect_image(path: Path) -> tuple[int, int, float | None] | str:
+    """(width, height, glyph height) of the ink in a readable image, or why it is unusable.
+
+    The size is that of the ink's bounding box, which is what the model will see after
+    :func:`pix2tex.preprocess.prepare` crops the image (im2latex-100k images, for instance, are
+    padded with white into a few bucket sizes).
+    """
     try:
         if path.stat().st_size == 0:
             return "empty file"
-        with Image.open(path) as im:
-            im.load()  # decode fully: catches truncated and corrupt files, not only bad headers
-            return im.size
+        gray = load_image_gray(path)  # decodes fully: catches truncated and corrupt files too
+        content = crop_to_content(gray)
+        return content.shape[1], content.shape[0], estimate_glyph_height(content)
     except FileNotFoundError:
         return "missing image"
     except UnidentifiedImageError:
@@ -169,6 +174,7 @@ class Im2LatexDataset:
         self.root_ids: list[int] = []
         self.widths: list[int] = []
         self.heights: list[int] = []
+        self.glyphs: list[float | None] = []  # estimated glyph heights (see pix2tex.preprocess)
         self.labels: list[str] = []
         self.skipped: Counter[str] = Counter()
         self.tokenizer_path: str | None = None
@@ -204,7 +210,7 @@ class Im2LatexDataset:
             if not label:
                 self._skip(equations, index, "empty label")
                 continue
-            size = _check_image(full)
+            size = _inspect_image(full)
             if isinstance(size, str):
                 self._skip(equations, index, size)
                 continue
@@ -212,6 +218,7 @@ class Im2LatexDataset:
             self.root_ids.append(0)
             self.widths.append(size[0])
             self.heights.append(size[1])
+            self.glyphs.append(size[2])
             self.labels.append(label)
 
     def _skip(self, equations: Path, index: int, reason: str) -> None:
@@ -223,7 +230,8 @@ class Im2LatexDataset:
         return {
             "format": "pix2tex-dataset", "version": FORMAT_VERSION,
             "roots": list(self.roots), "paths": list(self.paths), "root_ids": list(self.root_ids),
-            "widths": list(self.widths), "heights": list(self.heights), "labels": list(self.labels),
+            "widths": list(self.widths), "heights": list(self.heights), "glyphs": list(self.glyphs),
+            "labels": list(self.labels),
             "skipped": dict(self.skipped), "tokenizer": self.tokenizer_path,
             "settings": {
                 "shuffle": self.shuffle, "batchsize": self.batchsize, "max_seq_len": self.max_seq_len,
@@ -255,6 +263,9 @@ class Im2LatexDataset:
             ds.paths, ds.root_ids = list(data["paths"]), list(data["root_ids"])
             ds.widths, ds.heights, ds.labels = list(data["widths"]), list(data["heights"]), list(data["labels"])
             ds.skipped = Counter(data.get("skipped", {}))
+            ds.glyphs = list(data.get("glyphs") or [None] * n)
+            if len(ds.glyphs) != n:
+                raise DatasetError(f"{filename}: 'glyphs' has {len(ds.glyphs)} entries for {n} images")
         except (KeyError, TypeError) as exc:
             raise DatasetError(f"{filename}: malformed dataset file ({type(exc).__name__}: {exc})") from None
         # A dataset moved together with its images still loads: try roots relative to the .pkl.
@@ -281,6 +292,7 @@ class Im2LatexDataset:
         self.root_ids += [r + offset for r in other.root_ids]
         self.widths += other.widths
         self.heights += other.heights
+        self.glyphs += other.glyphs
         self.labels += other.labels
         self.skipped.update(other.skipped)
         self._order = []
@@ -317,13 +329,21 @@ class Im2LatexDataset:
         return Path(self.roots[self.root_ids[index]]) / self.paths[index]
 
     # -- batching -------------------------------------------------------------------------------
+    def prepared_size(self, index: int) -> tuple[int, int]:
+        """(height, width) the image will have after :func:`pix2tex.preprocess.prepare`, before
+        shrinking to the size limits: its ink scaled to the training glyph height, plus margins."""
+        h, w, glyph = self.heights[index], self.widths[index], self.glyphs[index]
+        scale = DEFAULT_GLYPH_HEIGHT / glyph if glyph else 1.0
+        return round(h * scale) + 2 * MARGIN, round(w * scale) + 2 * MARGIN
+
     def eligible(self) -> list[int]:
-        """Indices whose image fits the size limits and whose label fits max_seq_len."""
+        """Indices whose (prepared) image fits the size limits and whose label fits max_seq_len."""
         max_w, max_h = self.max_dimensions
         lengths = self._label_lengths()
         keep = []
         for i in range(len(self)):
-            if self.widths[i] > max_w or self.heights[i] > max_h:
+            h, w = self.prepared_size(i)
+            if w > max_w or h > max_h:
                 continue
             if lengths is not None and lengths[i] > self.max_seq_len:
                 continue
@@ -347,7 +367,8 @@ class Im2LatexDataset:
         p = self.patch_size
         min_w, min_h = self.min_dimensions
         for i in self.eligible():
-            key = (math.ceil(max(self.heights[i], min_h) / p), math.ceil(max(self.widths[i], min_w) / p))
+            h, w = self.prepared_size(i)
+            key = (math.ceil(max(h, min_h) / p), math.ceil(max(w, min_w) / p))
             buckets[key].append(i)
         out: list[list[int]] = []
         # Neighbouring buckets are merged until a batch fills, so rare sizes are not dropped.
