@@ -32,12 +32,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from pix2tex.config import ConfigError, ModelConfig, config_from_dict
-from pix2tex.fileio import atomic_path
+from pix2tex.fileio import atomic_path, replace_folder
 from pix2tex.tokenizer import LatexTokenizer, TokenizerError
 
 __all__ = [
     "CheckpointError", "save_model_folder", "load_model_folder", "resolve_model_folder",
-    "save_resume_state", "load_resume_state", "default_model_folder",
+    "save_resume_state", "load_resume_state", "default_model_folder", "read_folder_files",
 ]
 
 WEIGHTS, CONFIG, TOKENIZER, META = "model.safetensors", "config.yaml", "tokenizer.json", "meta.json"
@@ -75,16 +75,7 @@ def save_model_folder(folder: str | os.PathLike, model: torch.nn.Module, config:
         (tmp / CONFIG).write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=True), encoding="utf-8")
         (tmp / TOKENIZER).write_text(tokenizer.to_str(), encoding="utf-8")
         (tmp / META).write_text(json.dumps(meta or {}, indent=1, sort_keys=True), encoding="utf-8")
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        old = folder.with_name(folder.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        if folder.exists():
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_folder(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -110,16 +101,9 @@ def load_model_folder(path: str | os.PathLike | None = None, device: str | torch
     from pix2tex.models.utils import get_model  # imported here: checkpoint.py stays light to import
 
     folder = resolve_model_folder(path)
-    for name in (CONFIG, TOKENIZER):
-        if not (folder / name).is_file():
-            raise CheckpointError(f"{folder}: incomplete model folder (no {name})")
+    config, tokenizer, meta = read_folder_files(folder)
     try:
-        raw = yaml.safe_load((folder / CONFIG).read_text(encoding="utf-8"))
-        config = config_from_dict(raw, source=str(folder / CONFIG), check_files=False).model
-        tokenizer = LatexTokenizer.load(folder / TOKENIZER)
         state = load_file(str(folder / WEIGHTS), device="cpu")
-    except (ConfigError, TokenizerError, yaml.YAMLError) as exc:
-        raise CheckpointError(f"{folder}: {exc}") from None
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{folder / WEIGHTS}: unreadable weights ({exc})") from None
     model = get_model(config)
@@ -132,9 +116,23 @@ def load_model_folder(path: str | os.PathLike | None = None, device: str | torch
     if missing or unexpected:
         raise CheckpointError(f"{folder / WEIGHTS}: weights do not fit the config "
                               f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
-    meta_path = folder / META
-    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
     return model.to(device).eval(), config, tokenizer, meta
+
+
+def read_folder_files(folder: Path, kind: str = "model folder") -> tuple[ModelConfig, LatexTokenizer, dict[str, Any]]:
+    """The config, tokenizer and meta that every model folder (and ONNX export) carries."""
+    for name in (CONFIG, TOKENIZER):
+        if not (folder / name).is_file():
+            raise CheckpointError(f"{folder}: incomplete {kind} (no {name})")
+    try:
+        raw = yaml.safe_load((folder / CONFIG).read_text(encoding="utf-8"))
+        config = config_from_dict(raw, source=str(folder / CONFIG), check_files=False).model
+        tokenizer = LatexTokenizer.load(folder / TOKENIZER)
+        meta_path = folder / META
+        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    except (ConfigError, TokenizerError, yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{folder}: {exc}") from None
+    return config, tokenizer, meta
 
 
 # -- resume states -------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from x_transformers.x_transformers import Attention, Intermediates, LayerInterme
 
 from pix2tex.checkpoint import CONFIG, META, TOKENIZER, load_model_folder, resolve_model_folder
 from pix2tex.config import ModelConfig
+from pix2tex.fileio import replace_folder
 from pix2tex.models.transformer import TextDecoder
 from pix2tex.models.utils import Model
 from pix2tex.onnx_engine import (CROSS, CROSS_CACHE, DECODER, ENCODER, FORMAT, FORMAT_VERSION, MANIFEST, SELF,
@@ -276,20 +277,6 @@ def _check_target(out: Path) -> None:
         raise ExportError(f"{out}: exists and is not an ONNX export (no {MANIFEST}); choose another folder")
 
 
-def _replace_folder(tmp: Path, out: Path) -> None:
-    """Swap ``tmp`` in as ``out`` (an earlier ``out`` is moved aside first, then removed)."""
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    old = out.with_name(out.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def export_model(model: Model, source: Path, out_dir: str | os.PathLike) -> Path:
     """Export ``model`` to ``out_dir``, copying config, tokenizer and meta from its model folder ``source``."""
     out = Path(out_dir)
@@ -308,7 +295,7 @@ def export_model(model: Model, source: Path, out_dir: str | os.PathLike) -> Path
                     "max_abs_diff": {k: float(f"{v:.3g}") for k, v in diffs.items()},
                     "torch": torch.__version__, "source": str(source)}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-        _replace_folder(tmp, out)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes"]
+__all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "replace_folder"]
 
 
 @contextlib.contextmanager
@@ -40,3 +41,24 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def replace_folder(tmp: str | os.PathLike, folder: str | os.PathLike) -> None:
+    """Swap the finished folder ``tmp`` in as ``folder``.
+
+    Its files are fsynced, an existing ``folder`` is renamed to ``folder.old``, ``tmp`` is
+    renamed into place and the old one removed.  A crash between the two renames leaves the
+    complete ``folder.old``, which readers fall back to.
+    """
+    tmp, folder = Path(tmp), Path(folder)
+    for f in tmp.iterdir():
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    old = folder.with_name(folder.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)

@@ -27,15 +27,14 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import Tensor, nn
 from x_transformers.x_transformers import Intermediates, LayerIntermediates
 
-from pix2tex.checkpoint import CONFIG, META, TOKENIZER, CheckpointError
-from pix2tex.config import ConfigError, ModelConfig, config_from_dict
+from pix2tex.checkpoint import CheckpointError, read_folder_files
+from pix2tex.config import ModelConfig
 from pix2tex.models.transformer import Generation, TextDecoder
 from pix2tex.models.vit import check_images
-from pix2tex.tokenizer import LatexTokenizer, TokenizerError
+from pix2tex.tokenizer import LatexTokenizer
 
 __all__ = [
     "ENCODER", "CROSS_CACHE", "DECODER", "MANIFEST", "FORMAT", "FORMAT_VERSION", "SELF", "CROSS", "cache_names",
@@ -227,16 +226,9 @@ def load_onnx_folder(path: str | os.PathLike | None, device: str | torch.device 
         raise CheckpointError("the ONNX engine needs an exported folder (make one with `pix2tex export --onnx DIR`)")
     folder = Path(path)
     manifest = read_manifest(folder)
-    for name in (CONFIG, TOKENIZER, ENCODER, CROSS_CACHE, DECODER):
+    for name in (ENCODER, CROSS_CACHE, DECODER):
         if not (folder / name).is_file():
             raise CheckpointError(f"{folder}: incomplete ONNX model folder (no {name})")
-    try:
-        raw = yaml.safe_load((folder / CONFIG).read_text(encoding="utf-8"))
-        config = config_from_dict(raw, source=str(folder / CONFIG), check_files=False).model
-        tokenizer = LatexTokenizer.load(folder / TOKENIZER)
-    except (ConfigError, TokenizerError, yaml.YAMLError) as exc:
-        raise CheckpointError(f"{folder}: {exc}") from None
+    config, tokenizer, meta = read_folder_files(folder, "ONNX model folder")
     model = OnnxModel(folder, config, tokenizer, manifest["layers"], threads=threads)
-    meta_path = folder / META
-    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
     return model, config, tokenizer, meta
