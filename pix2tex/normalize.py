@@ -91,16 +91,17 @@ def tokenize(latex: str) -> list[str]:
     return [_SYNONYMS.get(t, t) for t in tokens]
 
 
-def _group_end(tokens: list[str], start: int) -> int:
-    """Index just past the ``}`` matching the ``{`` at ``start`` (or len(tokens) if unbalanced)."""
+def _group_end(tokens: list[str], start: int, closer: str = "}") -> int:
+    """Index just past the ``closer`` that ends the group opened at ``start`` (``{`` … ``}`` or an
+    optional ``[`` … ``]``, whose ``]`` counts only outside braces); len(tokens) if unbalanced."""
     depth = 0
     for k in range(start, len(tokens)):
         if tokens[k] == "{":
             depth += 1
         elif tokens[k] == "}":
             depth -= 1
-            if depth == 0:
-                return k + 1
+        if tokens[k] == closer and depth == 0 and (closer != "}" or k > start):
+            return k + 1
     return len(tokens)
 
 
@@ -133,7 +134,7 @@ def _unit(tokens: list[str], i: int) -> tuple[list[str], int]:
             out.append("*")
             i += 1
         if tok in _OPTIONAL_ARG and i < len(tokens) and tokens[i] == "[":
-            close = _bracket_end(tokens, i)
+            close = _group_end(tokens, i, "]")
             out += ["[", *_normalize_tokens(tokens[i + 1 : close - 1]), "]"]
             i = close
         for _ in range(_ARITY.get(tok, 0) or _DIMENSION_ARG.get(tok, 0)):
@@ -143,19 +144,6 @@ def _unit(tokens: list[str], i: int) -> tuple[list[str], int]:
             out += _braced(arg)
         return out, i
     return [tok], i + 1
-
-
-def _bracket_end(tokens: list[str], start: int) -> int:
-    """Index just past the ``]`` closing the optional argument opened at ``start``."""
-    depth = 0
-    for k in range(start, len(tokens)):
-        if tokens[k] == "{":
-            depth += 1
-        elif tokens[k] == "}":
-            depth -= 1
-        elif tokens[k] == "]" and depth == 0:
-            return k + 1
-    return len(tokens)
 
 
 def _normalize_tokens(tokens: list[str]) -> list[str]:
