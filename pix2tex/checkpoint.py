@@ -155,3 +155,29 @@ def load_resume_state(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != "pix2tex-resume":
         raise CheckpointError(f"{path}: not a pix2tex resume state")
     return state
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pix2tex.checkpoint SRC DST [--fp16]``: copy a model folder, optionally in half
+    precision (how the bundled model is made from a training run's ``best`` folder)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m pix2tex.checkpoint", description=main.__doc__)
+    parser.add_argument("src", help="model folder, e.g. checkpoints/default/best")
+    parser.add_argument("dst", help="target folder, e.g. pix2tex/model/checkpoints/default")
+    parser.add_argument("--fp16", action="store_true", help="store floating-point weights as float16")
+    args = parser.parse_args(argv)
+    try:
+        model, config, tokenizer, meta = load_model_folder(args.src)
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    save_model_folder(args.dst, model, config, tokenizer, meta, dtype=torch.float16 if args.fp16 else None)
+    size = sum(f.stat().st_size for f in Path(args.dst).iterdir())
+    print(f"wrote {args.dst}: {size / 2**20:.1f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
