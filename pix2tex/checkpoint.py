@@ -64,6 +64,7 @@ def save_model_folder(folder: str | os.PathLike, model: torch.nn.Module, config:
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is meant to be shared and shipped
     try:
         state = {}
         for k, v in model.state_dict().items():
