@@ -281,8 +281,9 @@ def train(config: Config, resume: bool = False, device: torch.device | None = No
         save_model_folder(run_dir / "last", model, m, tokenizer, {"step": step, "epoch": epoch})
         save_state(epoch, batch_index)
     except (KeyboardInterrupt, _Stop):
-        bar.write(f"interrupted at step {step}: saving {run_dir / 'last.pt'}")
+        bar.write(f"interrupted at step {step}: saving {run_dir / 'last.pt'} and {run_dir / 'last'}")
         save_state(epoch, batch_index)
+        save_model_folder(run_dir / "last", model, m, tokenizer, {"step": step, "epoch": epoch})
         raise KeyboardInterrupt from None
     finally:
         bar.close()
