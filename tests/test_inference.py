@@ -130,3 +130,14 @@ def test_onnx_engine_reads_like_torch(model_dir, images, tmp_path):
     assert [r.latex for r in onnx_out] == [r.latex for r in torch_out]
     r = _cli("predict", str(good[0]), "--checkpoint", str(tmp_path / "onnx"), "--engine", "onnx")
     assert r.returncode == 0 and r.stdout.decode().strip() == torch_out[0].latex
+
+
+def test_bundled_model_and_demo():
+    # The model that ships in the package loads without a checkpoint argument and `make demo`'s
+    # module renders its formulas with TeX and reads every one of them.
+    r = subprocess.run([sys.executable, "-m", "pix2tex.demo"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    predicted = [line.split(": ", 1)[1] for line in r.stdout.splitlines() if line.startswith("  predicted: ")]
+    assert len(predicted) == 8 and all(p.strip() for p in predicted)
+    assert r.stdout.count("  reference: ") == 8
+    assert r.stdout.strip().splitlines()[-1].startswith("8 rendered demo formulas: BLEU")
