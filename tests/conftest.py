@@ -29,6 +29,15 @@ def _seeded():
     yield
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny ops on a shared 2-core box: a second intra-op thread only waits for a busy core."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:
     assert SAMPLE.is_dir(), f"missing real data at {SAMPLE}"

@@ -23,13 +23,7 @@ TINY = dict(channels=1, dim=32, encoder_depth=1, heads=2, num_layers=2, num_toke
             max_height=64, max_width=128, max_seq_len=24)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny ops on a shared 2-core box: a second intra-op thread only waits for a busy core."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(encoder: str = "hybrid", seed: int = 0, **changes) -> Model:
