@@ -43,7 +43,7 @@ def evaluate_dataset(checkpoint: str | None, data: str, *, beam: int = 1, batch_
     ds.update(batchsize=batch_size, shuffle=False, test=True, keep_smaller_batches=True,
               max_seq_len=config.max_seq_len, max_dimensions=(config.max_width, config.max_height),
               patch_size=config.patch_size)
-    batches = ds.batches(0)
+    batches = all_batches = ds.batches(0)
     if limit is not None:
         kept, budget = [], limit
         for b in batches:
@@ -61,7 +61,7 @@ def evaluate_dataset(checkpoint: str | None, data: str, *, beam: int = 1, batch_
                else model.generate(x, max_new_tokens=limit_tokens))
         for i, pred, ref in zip(indices, tokenizer.decode(out.ids.cpu()), batch.labels):
             rows.append((str(ds.image_path(i)), normalize(pred), ref))
-    left_out = len(ds) - sum(len(b) for b in ds.batches(0))
+    left_out = len(ds) - sum(len(b) for b in all_batches)
     if left_out and limit is None:
         print(f"note: {left_out} samples exceed the model's size or length limits and were not scored",
               file=sys.stderr)
