@@ -13,6 +13,7 @@ from PIL import Image
 
 from pix2tex.config import ConfigError, ModelConfig
 from pix2tex.models import Generation, Model, count_parameters, get_model, model_summary
+from pix2tex.models.fast_step import FastStep
 from pix2tex.models.hybrid import min_patch_size
 from pix2tex.models.transformer import generation_logprobs, top_k_filter, top_p_filter
 from pix2tex.normalize import normalize
@@ -165,7 +166,7 @@ def test_cached_sampling_equals_uncached_with_same_generator(vit):
 
 
 def test_cached_generation_projects_memory_once(vit):
-    """Cross-attention keys/values of the image memory come from the cache after the first step."""
+    """x-transformers' step: cross-attention keys/values of the memory come from the cache after the first step."""
     layers = vit.decoder.net.attn_layers
     cross = [block for (_, block, _), kind in zip(layers.layers, layers.layer_types) if kind == "c"]
     rows_projected = []
@@ -173,13 +174,71 @@ def test_cached_generation_projects_memory_once(vit):
              for attn in cross]
     try:
         memory = vit.encode(torch.randn(2, 1, 32, 64))
-        vit.decoder.generate(memory, max_new_tokens=10, stop_at_eos=False)
+        vit.decoder.generate(memory, max_new_tokens=10, stop_at_eos=False, fast=False)
     finally:
         for hook in hooks:
             hook.remove()
     assert len(cross) == 2
     assert sorted(rows_projected, reverse=True)[:2] == [memory.shape[1]] * 2  # step 1: the whole memory
     assert all(n == 0 for n in sorted(rows_projected, reverse=True)[2:])  # later steps: nothing new
+
+
+# -- the lean cached step (models/fast_step.py) ----------------------------------------------
+
+FAST_CASES = {
+    "plain": {},
+    "seed options": {"attn_on_attn": True, "ff_glu": True},
+}
+
+
+@pytest.mark.parametrize("decoder_args", FAST_CASES.values(), ids=FAST_CASES.keys())
+def test_fast_step_equals_library_step(decoder_args):
+    model = tiny_model("vit", seed=3, decoder_args=decoder_args)
+    memory = model.encode(torch.randn(3, 1, 32, 64))
+    fast = FastStep.build(model.decoder.net, memory[:1])
+    assert fast is not None
+    tokens = torch.randint(4, TINY["num_tokens"], (3, 15), generator=torch.Generator().manual_seed(0))
+    ours = theirs = None
+    for i in range(tokens.shape[1]):
+        a, ours = fast(tokens[:, i:i + 1], memory, ours)
+        b, theirs = model.decoder.step(tokens[:, i:i + 1], memory, theirs)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert ours.length == tokens.shape[1]
+
+
+@pytest.mark.parametrize("encoder", ["hybrid", "vit"])
+def test_generation_uses_the_fast_step_and_matches_the_library(encoder, hybrid, vit):
+    model = copy.deepcopy(hybrid if encoder == "hybrid" else vit)
+    images = torch.randn(3, 1, 32, 64)
+    fast = model.generate(images, max_new_tokens=20, stop_at_eos=False)
+    assert isinstance(model.decoder._fast_step, FastStep)  # the lean step applies to this model
+    library = model.decoder.generate(model.encode(images), max_new_tokens=20, stop_at_eos=False, fast=False)
+    assert torch.equal(fast.ids, library.ids)
+    torch.testing.assert_close(fast.logprob, library.logprob)
+    beam_fast = model.beam_search(images, beam_size=3, max_new_tokens=12)
+    beam_library = model.decoder.beam_search(model.encode(images), beam_size=3, max_new_tokens=12, fast=False)
+    assert torch.equal(beam_fast.ids, beam_library.ids)
+
+
+def test_fast_step_projects_memory_once(vit):
+    memory = vit.encode(torch.randn(2, 1, 32, 64))
+    step = FastStep.build(vit.decoder.net, memory[:1])
+    _, cache = step(torch.full((2, 1), BOS_ID), memory, None)
+    cross = [t for kv in cache.cross_kv for t in kv]
+    assert [t.shape[2] for t in cross] == [memory.shape[1]] * 4  # 2 cross-attention layers, keys and values
+    for token in range(4, 8):
+        _, cache = step(torch.full((2, 1), token), memory, cache)
+    assert all(a is b for a, b in zip(cross, (t for kv in cache.cross_kv for t in kv)))
+
+
+def test_fast_step_declines_options_it_does_not_implement():
+    """Rotary positions are not in the lean step: build() declines, decoding falls back to the library."""
+    model = tiny_model("vit", decoder_args={"rotary_pos_emb": True})
+    images = torch.randn(2, 1, 32, 64)
+    assert FastStep.build(model.decoder.net, model.encode(images[:1])) is None
+    gen = model.generate(images, max_new_tokens=10, stop_at_eos=False)
+    assert model.decoder._fast_step is False
+    assert torch.equal(gen.ids, model.generate(images, max_new_tokens=10, stop_at_eos=False, use_cache=False).ids)
 
 
 def test_greedy_logprob_is_mean_token_logprob(hybrid):

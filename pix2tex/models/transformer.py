@@ -26,6 +26,7 @@ from x_transformers import Decoder, TransformerWrapper
 from x_transformers.x_transformers import LayerIntermediates
 
 from pix2tex.config import ConfigError, ModelConfig
+from pix2tex.models.fast_step import FastCache, FastStep
 from pix2tex.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 __all__ = [
@@ -92,12 +93,15 @@ def choose_tokens(logprobs: Tensor, *, temperature: float, top_k: int | None, to
     return torch.multinomial(scores.softmax(dim=-1), 1, generator=generator).squeeze(-1)
 
 
-def reorder_cache(cache: LayerIntermediates, index: Tensor) -> None:
+def reorder_cache(cache: LayerIntermediates | FastCache, index: Tensor) -> None:
     """Reorder the self-attention key/value cache rows in place (``index`` [B*k]: new row -> old row).
 
     Cross-attention caches are left alone: beams of one image share the same memory, and a beam's
     parent is always a beam of the same image, so those rows are equal already.
     """
+    if isinstance(cache, FastCache):
+        cache.reorder(index)
+        return
     for inter in cache.attn_intermediates:
         if inter.layer_type == "a":
             inter.cached_kv = tuple(t.index_select(0, index) for t in inter.cached_kv)
@@ -132,6 +136,8 @@ class TextDecoder(nn.Module):
             raise ConfigError(f"decoder_args {decoder_args} make the decoder unable to use a key/value cache")
         self.num_tokens = cfg.num_tokens
         self.max_seq_len = cfg.max_seq_len
+        # The lean step (models/fast_step.py), built on first use; False once found not to apply.
+        self._fast_step: FastStep | None | bool = None
 
     def forward(self, tokens: Tensor, memory: Tensor) -> Tensor:
         """Teacher forcing: logits [B, T, V] for the token after each position of ``tokens`` [B, T]."""
@@ -149,6 +155,14 @@ class TextDecoder(nn.Module):
                                  return_intermediates=True)
         return logits[:, -1], cache
 
+    def _stepper(self, memory: Tensor, fast: bool):
+        """The step function decoding loops use: the lean one where it applies, else :meth:`step`."""
+        if self.training:  # dropout: only the library's step applies it
+            return self.step
+        if fast and self._fast_step is None:
+            self._fast_step = FastStep.build(self.net, memory[:1]) or False
+        return self._fast_step if fast and self._fast_step else self.step
+
     def _max_new_tokens(self, max_new_tokens: int | None) -> int:
         limit = self.max_seq_len - 1  # BOS takes the first position
         if max_new_tokens is None:
@@ -161,7 +175,7 @@ class TextDecoder(nn.Module):
     @torch.no_grad()
     def generate(self, memory: Tensor, *, max_new_tokens: int | None = None, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, stop_at_eos: bool = True,
-                 use_cache: bool = True, generator: torch.Generator | None = None) -> Generation:
+                 use_cache: bool = True, fast: bool = True, generator: torch.Generator | None = None) -> Generation:
         """Greedy (temperature 0) or sampled decoding from BOS for every memory row.
 
         A sequence ends at its EOS and is PAD-filled afterwards; the loop ends when all have
@@ -175,10 +189,10 @@ class TextDecoder(nn.Module):
         ended = torch.zeros(batch, dtype=torch.bool, device=memory.device)
         logprob_sum = torch.zeros(batch, device=memory.device)
         length = torch.zeros(batch, device=memory.device)
-        cache = None
+        cache, step = None, self._stepper(memory, fast) if use_cache else None
         for _ in range(steps):
             if use_cache:
-                logits, cache = self.step(tokens[:, -1:], memory, cache)
+                logits, cache = step(tokens[:, -1:], memory, cache)
             else:
                 logits = self.net(tokens, context=memory)[:, -1]
             logprobs = generation_logprobs(logits)
@@ -196,7 +210,7 @@ class TextDecoder(nn.Module):
 
     @torch.no_grad()
     def beam_search(self, memory: Tensor, *, beam_size: int, max_new_tokens: int | None = None,
-                    length_penalty: float = 1.0) -> Generation:
+                    length_penalty: float = 1.0, fast: bool = True) -> Generation:
         """Length-normalised beam search, batched over memory rows.
 
         A hypothesis scores ``sum(logprob) / len ** length_penalty`` (len counts EOS).  An EOS
@@ -222,9 +236,9 @@ class TextDecoder(nn.Module):
         finished: Hypotheses = [[] for _ in range(batch)]
         done = [False] * batch
         row_base = torch.arange(batch, device=device)[:, None] * k
-        cache = None
+        cache, step_fn = None, self._stepper(memory, fast)
         for step in range(steps):
-            logits, cache = self.step(tokens[:, -1:], memory, cache)
+            logits, cache = step_fn(tokens[:, -1:], memory, cache)
             candidates = (scores[..., None] + generation_logprobs(logits).view(batch, k, vocab)).view(batch, k * vocab)
             cand_sum, cand_idx = candidates.topk(min(2 * k, k * vocab), dim=1)
             cand_beam, cand_token = cand_idx // vocab, cand_idx % vocab
