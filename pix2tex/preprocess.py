@@ -454,7 +454,8 @@ def _resize(gray: np.ndarray, scale: float) -> np.ndarray:
 
 
 def prepare(img: Image.Image, *, patch_size: int, max_height: int, max_width: int,
-            target_glyph_height: float = DEFAULT_GLYPH_HEIGHT, rescale: bool = True) -> np.ndarray:
+            target_glyph_height: float = DEFAULT_GLYPH_HEIGHT, rescale: bool = True,
+            glyph_height: float | None = None) -> np.ndarray:
     """Turn any formula image into model input: uint8 [H, W], black-ish ink on white.
 
     Steps: gray (:func:`to_gray`), :func:`invert_if_dark`, :func:`normalize_contrast`,
@@ -463,6 +464,8 @@ def prepare(img: Image.Image, *, patch_size: int, max_height: int, max_width: in
     content shorter than one patch); shrink further to fit ``max_height`` x ``max_width`` with a
     ``MARGIN`` px border (aspect kept).  The content is placed at the top-left, ``MARGIN`` px from
     the edges, and padded with white (255) so H and W are multiples of ``patch_size``.
+    ``glyph_height`` is the image's glyph height when it is already known (training measures it on
+    the clean render, before augmentation); then it is used instead of a fresh estimate.
     Raises :class:`BlankImageError` (a ``ValueError``) when there is no ink.
     """
     if patch_size <= 0 or min(max_height, max_width) < max(patch_size, 2 * MARGIN + 1):
@@ -476,7 +479,7 @@ def prepare(img: Image.Image, *, patch_size: int, max_height: int, max_width: in
     h, w = content.shape
     scale = None
     if rescale:
-        glyph = estimate_glyph_height(content)
+        glyph = glyph_height if glyph_height else estimate_glyph_height(content)
         if glyph is not None:
             scale = target_glyph_height / glyph
     if scale is None:

@@ -141,3 +141,21 @@ def test_predict_reads_training_images(pipeline):
     assert all(o["confidence"] <= 0 for o in out)
     correct = sum(o["latex"] == line.split("\t")[1] for o, line in zip(out, lines))
     assert correct >= 4, out
+
+
+def test_augmented_training_images_keep_their_glyph_scale(pipeline):
+    """Augmentation must not change the glyph-scale normalization of a training image: the glyph
+    height measured on the clean render is used.  (Measured again after blur, erosion or noise it
+    was 2-3x off for some images, which blew up their batch's canvas.)"""
+    from pix2tex.dataset.dataset import Im2LatexDataset
+
+    data = Im2LatexDataset.load(pipeline["work"] / "train.pkl", tokenizer=pipeline["work"] / "tok.json")
+    data.update(test=False, patch_size=16, max_dimensions=(512, 96))
+    off = []
+    for i in range(len(data)):
+        _, w = data.prepared_size(i)
+        width = data.prepare_data([i], augment_seed=7).images.shape[3]
+        # Affine scale jitter is 0.85-1.1 (plus shear/rotation), padding to whole patches adds < 16 px.
+        if not 0.8 * w - 16 <= width <= 1.2 * w + 16:
+            off.append((i, w, width))
+    assert not off
