@@ -199,6 +199,28 @@ def test_train_transform_uses_no_deprecated_arguments(sample):
             t(image=image)
 
 
+def test_train_transform_never_draws_dark_borders():
+    """Geometric transforms fill the space they uncover with white (paper), never with black lines."""
+    import albumentations as A
+    import numpy as np
+
+    image = np.full((60, 200), 255, np.uint8)
+    image[20:40, 20:180] = 0  # ink well inside a white margin
+
+    def leaves(t):
+        for child in t.transforms:
+            yield from leaves(child) if isinstance(child, A.OneOf) else [child]
+
+    for transform in leaves(train_transform()):
+        transform.p = 1.0
+        single = A.Compose([transform])
+        for seed in range(10):
+            single.set_random_seed(seed)
+            out = single(image=image)["image"]
+            edges = np.concatenate([out[0], out[-1], out[:, 0], out[:, -1]])
+            assert edges.min() > 128, f"{type(transform).__name__} darkens the image edge (seed {seed})"
+
+
 def test_requirements_txt_matches_pyproject():
     import tomllib
 

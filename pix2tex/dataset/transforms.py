@@ -28,7 +28,7 @@ def train_transform() -> A.Compose:
                  interpolation=cv2.INTER_LINEAR, fit_output=True, border_mode=cv2.BORDER_CONSTANT,
                  fill=WHITE, p=0.5),
         A.GridDistortion(num_steps=4, distort_limit=(-0.08, 0.08), border_mode=cv2.BORDER_CONSTANT,
-                         p=0.15),
+                         fill=WHITE, p=0.15),  # the default fill is black: dark lines along the edges
         # Stroke width varies between fonts, printers and screen renderers.
         A.Morphological(scale=(2, 2), operation="erosion", p=0.1),  # erosion of white = bolder ink
         A.Morphological(scale=(2, 2), operation="dilation", p=0.05),
