@@ -141,3 +141,10 @@ def test_bundled_model_and_demo():
     assert len(predicted) == 8 and all(p.strip() for p in predicted)
     assert r.stdout.count("  reference: ") == 8
     assert r.stdout.strip().splitlines()[-1].startswith("8 rendered demo formulas: BLEU")
+
+
+def test_prediction_does_not_import_training_only_libraries():
+    """albumentations (augmentation) costs every `pix2tex predict` ~30 MB and a third of a second."""
+    code = "import sys, pix2tex.inference, pix2tex.cli; print('albumentations' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

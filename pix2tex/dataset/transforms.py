@@ -9,10 +9,14 @@ JPEG artefacts, contrast changes, resolution loss, thinner or bolder strokes.
 
 from __future__ import annotations
 
-import albumentations as A
+from typing import TYPE_CHECKING
+
 import cv2
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    import albumentations as A
 
 __all__ = ["MEAN", "STD", "train_transform", "test_transform", "to_batch", "pad_to_multiple"]
 
@@ -23,6 +27,10 @@ WHITE = 255
 
 def train_transform() -> A.Compose:
     """A fresh augmentation pipeline; seed it per sample with ``set_random_seed`` for exact resume."""
+    # Imported here, not at the top: prediction needs only to_batch, and albumentations adds
+    # ~30 MB and a third of a second to every `pix2tex predict`.
+    import albumentations as A
+
     return A.Compose([
         A.Affine(scale=(0.85, 1.1), rotate=(-1.0, 1.0), shear={"x": (-3.0, 3.0), "y": (-1.0, 1.0)},
                  interpolation=cv2.INTER_LINEAR, fit_output=True, border_mode=cv2.BORDER_CONSTANT,
@@ -45,6 +53,8 @@ def train_transform() -> A.Compose:
 
 def test_transform() -> A.Compose:
     """No-op pipeline with the same call shape as :func:`train_transform`."""
+    import albumentations as A
+
     return A.Compose([])
 
 
