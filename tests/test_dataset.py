@@ -236,4 +236,3 @@ def test_prepared_size_predicts_the_model_input(sample):
         h, w = sample.prepared_size(i)
         image = sample.prepare_data([i]).images
         assert abs(image.shape[2] - h) <= 16 + 4 and abs(image.shape[3] - w) <= 16 + 8
-

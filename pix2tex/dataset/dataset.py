@@ -430,7 +430,7 @@ class Im2LatexDataset:
             # The same crop, contrast and glyph-scale normalization as inference (pix2tex.preprocess),
             # so the model is trained on exactly the kind of input it will be given.  The glyph
             # height is the one measured on the clean render: measured again after blur, erosion or
-            # noise it is off by 2-3x for ~6 % of images, which then blow up the whole batch's canvas.
+            # noise it is off by 2-3x for ~7 % of images, which then blow up the whole batch's canvas.
             try:
                 image = prepare(Image.fromarray(image), patch_size=self.patch_size, max_height=max_h,
                                 max_width=max_w, glyph_height=self.glyphs[i] or None)
