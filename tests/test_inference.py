@@ -74,6 +74,8 @@ def test_beam_and_batching_do_not_change_greedy_results(model_dir, images):
     many = LatexOCR(model_dir, device="cpu", batch_size=8).predict(same_size)
     beam1 = LatexOCR(model_dir, device="cpu", beam=1, batch_size=8).predict(same_size)
     assert [r.latex for r in one] == [r.latex for r in many] == [r.latex for r in beam1]
+    # three images in one batch are encoded in chunks (ENCODER_BATCH) and decoded together
+    assert [r.confidence for r in many] == pytest.approx([r.confidence for r in one], abs=1e-4)
     beam3 = LatexOCR(model_dir, device="cpu", beam=3).predict(good)
     assert all(b.confidence >= -50 for b in beam3)
 
