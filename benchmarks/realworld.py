@@ -209,23 +209,27 @@ def task_beam(bench: Bench) -> Iterator[dict]:
 
 def task_throughput(bench: Bench) -> Iterator[dict]:
     reference_outputs: dict[int, list[str | None]] = {}
-    for engine in ENGINES:
-        for batch in BATCHES:
-            if batch == 1:
-                predictions, times = bench.single_calls(engine)
-                seconds = sum(times)
-            else:
-                predictions, seconds = _timed_predict(bench.ocr(engine, batch_size=batch), bench.paths)
-            row = {"task": "throughput", "engine": engine, "batch": batch,
-                   "images_per_s": round(len(predictions) / seconds, 3),
-                   **score_fields(predictions, bench.references), "seconds": round(seconds, 3)}
-            outputs = [p.latex for p in predictions]
-            if engine == "torch":
-                reference_outputs[batch] = outputs
-            else:  # the ONNX graphs should reproduce PyTorch's predictions
-                same = sum(a == b for a, b in zip(outputs, reference_outputs.get(batch, [])))
-                row["same_as_torch"] = round(same / len(outputs), 4) if batch in reference_outputs else None
-            yield row
+    # PyTorch also runs each batch size with the whole batch encoded at once (encoder_batch = batch),
+    # side by side with its default of a few images at a time, which bounds memory.
+    runs = [("torch", b, None) for b in BATCHES] + [("torch", b, b) for b in BATCHES if b > 1]
+    runs += [("onnx", b, None) for b in BATCHES]
+    for engine, batch, encoder_batch in runs:
+        if batch == 1:
+            predictions, times = bench.single_calls(engine)
+            seconds = sum(times)
+        else:
+            ocr = bench.ocr(engine, batch_size=batch, encoder_batch=encoder_batch)
+            predictions, seconds = _timed_predict(ocr, bench.paths)
+        row = {"task": "throughput", "engine": engine, "batch": batch,
+               "encoder_batch": encoder_batch or "default", "images_per_s": round(len(predictions) / seconds, 3),
+               **score_fields(predictions, bench.references), "seconds": round(seconds, 3)}
+        outputs = [p.latex for p in predictions]
+        if engine == "torch" and encoder_batch is None:
+            reference_outputs[batch] = outputs
+        else:  # whole-batch encoding and the ONNX graphs should reproduce PyTorch's default predictions
+            same = sum(a == b for a, b in zip(outputs, reference_outputs.get(batch, [])))
+            row["same_as_torch"] = round(same / len(outputs), 4) if batch in reference_outputs else None
+        yield row
 
 
 def task_latency(bench: Bench) -> Iterator[dict]:
@@ -289,6 +293,9 @@ def task_memory(bench: Bench) -> Iterator[dict]:
            **child_peak_rss([*command, bench.paths[0]], bench.threads, bench.workdir)}
     yield {"task": "memory", "variant": "n_images", "n": len(bench.paths),
            **child_peak_rss([*command, *bench.paths], bench.threads, bench.workdir)}
+    whole = "8"  # pix2tex predict's default --batch-size: the whole batch encoded at once, for comparison
+    yield {"task": "memory", "variant": f"n_images_encoder_batch_{whole}", "n": len(bench.paths),
+           **child_peak_rss([*command, "--encoder-batch", whole, *bench.paths], bench.threads, bench.workdir)}
 
 
 TASK_FUNCTIONS: dict[str, Callable[[Bench], Iterator[dict]]] = {

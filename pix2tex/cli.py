@@ -21,6 +21,8 @@ def predict_main(argv: Sequence[str]) -> int:
     parser.add_argument("--checkpoint", help="model folder (default: the bundled model)")
     parser.add_argument("--beam", type=int, default=1, help="beam size (1: greedy)")
     parser.add_argument("--batch-size", type=int, default=8, help="images decoded together")
+    parser.add_argument("--encoder-batch", type=int,
+                        help="images encoded at once: memory against speed (default: 2 on CPU, else the batch)")
     parser.add_argument("--format", choices=("text", "json"), default="text",
                         help="text: the LaTeX (path<TAB>LaTeX for several images); json: one object per image")
     parser.add_argument("--no-rescale", action="store_true", help="do not normalize the glyph size")
@@ -29,8 +31,8 @@ def predict_main(argv: Sequence[str]) -> int:
                         help="onnx: run a folder written by `pix2tex export --onnx DIR` with onnxruntime")
     parser.add_argument("--threads", type=int, help="CPU threads of the onnx engine")
     args = parser.parse_args(argv)
-    if args.beam < 1 or args.batch_size < 1:
-        parser.error("--beam and --batch-size must be at least 1")
+    if args.beam < 1 or args.batch_size < 1 or (args.encoder_batch is not None and args.encoder_batch < 1):
+        parser.error("--beam, --batch-size and --encoder-batch must be at least 1")
     # oneDNN keeps the compiled kernels of every convolution input shape it has seen (1024 by
     # default); files of many sizes then cost ~0.8 GB of kernels (986 im2latex images: 1.9 GB peak
     # RSS against 1.05 GB with a small cache, at the same speed).  Read when the first kernel is made.
@@ -45,7 +47,8 @@ def predict_main(argv: Sequence[str]) -> int:
     inputs = [sys.stdin.buffer.read() if s == "-" else s for s in sources]
     try:
         ocr = LatexOCR(args.checkpoint, device=args.device, beam=args.beam, batch_size=args.batch_size,
-                       rescale=not args.no_rescale, engine=args.engine, threads=args.threads)
+                       rescale=not args.no_rescale, engine=args.engine, threads=args.threads,
+                       encoder_batch=args.encoder_batch)
     except (CheckpointError, ValueError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -31,7 +31,7 @@ __all__ = ["LatexOCR", "Prediction"]
 
 ImageSource = str | os.PathLike | bytes | Image.Image
 
-ENCODER_BATCH = 2  # images encoded at once within a decoding batch (see LatexOCR._decode)
+CPU_ENCODER_BATCH = 2  # images encoded at once on a CPU (see LatexOCR._decode)
 
 
 @dataclass
@@ -59,6 +59,8 @@ class LatexOCR:
         device: "cpu", "cuda", … (default: CUDA when available).
         beam: beam size; 1 is greedy decoding.
         batch_size: images decoded together (grouped by size).
+        encoder_batch: images of a batch encoded at once: memory against speed (default: 2 on a
+            CPU, where convolutions gain little from batching; the whole batch elsewhere).
         rescale: normalize the glyph size of input images to the training size.
         engine: "torch", or "onnx" to run a folder written by ``pix2tex export --onnx`` with
             onnxruntime (CPU).
@@ -67,9 +69,10 @@ class LatexOCR:
 
     def __init__(self, checkpoint: str | os.PathLike | None = None, *, device: str | None = None,
                  beam: int = 1, batch_size: int = 8, rescale: bool = True, engine: str = "torch",
-                 threads: int | None = None):
-        if beam < 1 or batch_size < 1:
-            raise ValueError(f"beam ({beam}) and batch_size ({batch_size}) must be at least 1")
+                 threads: int | None = None, encoder_batch: int | None = None):
+        if beam < 1 or batch_size < 1 or (encoder_batch is not None and encoder_batch < 1):
+            raise ValueError(f"beam ({beam}), batch_size ({batch_size}) and encoder_batch ({encoder_batch}) "
+                             "must be at least 1")
         if engine == "onnx":
             from pix2tex.onnx_engine import load_onnx_folder  # onnxruntime is an optional dependency
 
@@ -82,6 +85,7 @@ class LatexOCR:
         else:
             raise ValueError(f"engine must be 'torch' or 'onnx', got {engine!r}")
         self.beam, self.batch_size, self.rescale = beam, batch_size, rescale
+        self.encoder_batch = encoder_batch or (CPU_ENCODER_BATCH if self.device.type == "cpu" else batch_size)
 
     def __call__(self, img: ImageSource) -> str:
         """LaTeX of one image; raises ``ValueError`` (one line) if it cannot be read."""
@@ -133,9 +137,10 @@ class LatexOCR:
         x = to_batch(arrays, self.config.patch_size).to(self.device)
         limit = self.config.max_seq_len - 1
         # The encoder's activations, not the decoder's, set the peak memory of a batch (8 large images:
-        # +168 MB at once, +41 MB one by one), and convolutions gain little from batching on a CPU; so
-        # the images are encoded a few at a time and only their memories are decoded together.
-        memory = torch.cat([self.model.encode(x[i : i + ENCODER_BATCH]) for i in range(0, len(x), ENCODER_BATCH)])
+        # +168 MB at once, +41 MB one by one); so images are encoded a few at a time and only their
+        # memories are decoded together.
+        step = self.encoder_batch
+        memory = torch.cat([self.model.encode(x[i : i + step]) for i in range(0, len(x), step)])
         if self.beam > 1:
             out = self.model.decoder.beam_search(memory, beam_size=self.beam, max_new_tokens=limit)
         else:

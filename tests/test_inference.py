@@ -72,10 +72,12 @@ def test_beam_and_batching_do_not_change_greedy_results(model_dir, images):
     same_size = [good[0], good[0], Image.open(good[0]).copy()]
     one = LatexOCR(model_dir, device="cpu", batch_size=1).predict(same_size)
     many = LatexOCR(model_dir, device="cpu", batch_size=8).predict(same_size)
+    whole = LatexOCR(model_dir, device="cpu", batch_size=8, encoder_batch=8).predict(same_size)
     beam1 = LatexOCR(model_dir, device="cpu", beam=1, batch_size=8).predict(same_size)
-    assert [r.latex for r in one] == [r.latex for r in many] == [r.latex for r in beam1]
-    # three images in one batch are encoded in chunks (ENCODER_BATCH) and decoded together
+    assert [r.latex for r in one] == [r.latex for r in many] == [r.latex for r in whole] == [r.latex for r in beam1]
+    # by default the three images are encoded two and one at a time, then decoded together
     assert [r.confidence for r in many] == pytest.approx([r.confidence for r in one], abs=1e-4)
+    assert [r.confidence for r in whole] == pytest.approx([r.confidence for r in one], abs=1e-4)
     beam3 = LatexOCR(model_dir, device="cpu", beam=3).predict(good)
     assert all(b.confidence >= -50 for b in beam3)
 
@@ -118,6 +120,8 @@ def test_cli_predict_stdin_text_format(model_dir, images):
 def test_cli_errors(model_dir, tmp_path):
     r = _cli("predict", "x.png", "--checkpoint", str(tmp_path))
     assert r.returncode == 2 and "not a model folder" in r.stderr.decode()
+    r = _cli("predict", "x.png", "--encoder-batch", "0")
+    assert r.returncode == 2 and "--encoder-batch must be at least 1" in r.stderr.decode()
     r = _cli("frobnicate")
     assert r.returncode == 2 and "unknown command" in r.stderr.decode()
 
