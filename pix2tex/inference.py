@@ -60,7 +60,7 @@ class LatexOCR:
         beam: beam size; 1 is greedy decoding.
         batch_size: images decoded together (grouped by size).
         encoder_batch: images of a batch encoded at once: memory against speed (default: 2 on a
-            CPU, where convolutions gain little from batching; the whole batch elsewhere).
+            CPU, which bounds peak memory at some cost in speed; the whole batch elsewhere).
         rescale: normalize the glyph size of input images to the training size.
         engine: "torch", or "onnx" to run a folder written by ``pix2tex export --onnx`` with
             onnxruntime (CPU).
@@ -138,7 +138,7 @@ class LatexOCR:
         limit = self.config.max_seq_len - 1
         # The encoder's activations, not the decoder's, set the peak memory of a batch; so images are
         # encoded a few at a time and only their memories are decoded together (986 im2latex images,
-        # batches of 8: peak RSS 969 MB against 1,016 MB, see docs/RESULTS.md).
+        # batches of 8: peak RSS 969 MiB against 1,016 MiB, see docs/RESULTS.md).
         step = self.encoder_batch
         memory = torch.cat([self.model.encode(x[i : i + step]) for i in range(0, len(x), step)])
         if self.beam > 1:
