@@ -7,7 +7,8 @@
 # Renders every file with real TeX (OUT_DIR/render/<name>/), deduplicates on the normalized
 # formula and splits train/valid/test without overlap, trains the BPE tokenizer on the training
 # labels and writes OUT_DIR/{train,valid,test}.pkl, OUT_DIR/tokenizer.json, and one
-# OUT_DIR/test_<name>.pkl per formula file (for per-corpus scores).
+# OUT_DIR/valid_<name>.pkl and OUT_DIR/test_<name>.pkl per formula file (per-corpus validation
+# and scores).
 # Settings through the environment: PYTHON (default .venv/bin/python if present), RENDER_ARGS
 # (extra renderer options, e.g. "--dpi 110 150 --workers 2"), SPLIT_ARGS (e.g. "--val 0.01").
 set -euo pipefail
@@ -55,9 +56,12 @@ for split in train valid test; do
 done
 for f in "${files[@]}"; do
     name=$(basename "$f" .txt)
-    grep -F "render/$name/" "$out/test.tsv" > "$out/test_$name.tsv" || true
-    if [ -s "$out/test_$name.tsv" ]; then
-        "$python" -m pix2tex.dataset.dataset -i "$out" -e "$out/test_$name.tsv" -t "$out/tokenizer.json" -o "$out/test_$name.pkl"
-    fi
+    for split in valid test; do
+        grep -F "render/$name/" "$out/$split.tsv" > "$out/${split}_$name.tsv" || true
+        if [ -s "$out/${split}_$name.tsv" ]; then
+            "$python" -m pix2tex.dataset.dataset -i "$out" -e "$out/${split}_$name.tsv" -t "$out/tokenizer.json" \
+                -o "$out/${split}_$name.pkl"
+        fi
+    done
 done
 echo "done: $out/{train,valid,test}.pkl and $out/tokenizer.json"

@@ -72,6 +72,9 @@ class TrainConfig:
     """Data, optimisation, validation and logging settings (the seed's keys keep their meaning)."""
 
     data: str | None = None  # train .pkl
+    # Sampling weight per training corpus (the render folder named after its formula file, e.g.
+    # {im2latex_val: 4}): 4 means its samples appear four times per epoch, 0.5 half of them.
+    corpus_weights: dict = field(default_factory=dict)
     valdata: str | None = None
     testdata: str | None = None
     tokenizer: str | None = None
@@ -122,6 +125,10 @@ class TrainConfig:
             raise ConfigError(f"micro_batchsize must be -1 or positive, got {self.micro_batchsize}")
         if len(self.betas) != 2:
             raise ConfigError(f"betas must have two values, got {self.betas}")
+        for name, weight in self.corpus_weights.items():
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0 \
+                    or weight == float("inf"):
+                raise ConfigError(f"corpus_weights: weight of '{name}' must be a number >= 0, got {weight!r}")
 
     @property
     def micro(self) -> int:

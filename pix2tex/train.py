@@ -71,7 +71,12 @@ def load_datasets(config: Config) -> tuple[Im2LatexDataset, Im2LatexDataset | No
     train_set = Im2LatexDataset.load(t.data)
     train_set.set_tokenizer(tokenizer)
     train_set.update(batchsize=t.batchsize, shuffle=True, test=not t.augment, seed=t.seed,
-                     keep_smaller_batches=False, **common)
+                     keep_smaller_batches=False, corpus_weights=t.corpus_weights, **common)
+    corpora = train_set.corpus_sizes()
+    for name in t.corpus_weights:
+        if name not in corpora:
+            raise ConfigError(f"corpus_weights: no training image belongs to corpus '{name}' "
+                              f"({t.data} has: {', '.join(sorted(corpora)) or 'none'})")
     val_set = None
     if t.valdata is not None:
         val_set = Im2LatexDataset.load(t.valdata)

@@ -33,6 +33,9 @@ def test_values_are_typed():
     ({"optimizer": "SGD"}, "optimizer must be 'Adam' or 'AdamW'"),
     ({"eos_token": 7}, "'eos_token' is fixed to 2 by the tokenizer"),
     ({"max_width": 650}, "must be multiples of patch_size"),
+    ({"corpus_weights": [1, 2]}, "'corpus_weights' must be a mapping"),
+    ({"corpus_weights": {"im2latex_val": -1}}, "corpus_weights: weight of 'im2latex_val' must be a number >= 0"),
+    ({"corpus_weights": {"k12": "many"}}, "corpus_weights: weight of 'k12' must be a number >= 0"),
 ])
 def test_bad_values_are_one_line_errors(raw, message):
     with pytest.raises(ConfigError) as info:

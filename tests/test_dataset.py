@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import shutil
 import subprocess
@@ -236,3 +237,89 @@ def test_prepared_size_predicts_the_model_input(sample):
         h, w = sample.prepared_size(i)
         image = sample.prepare_data([i]).images
         assert abs(image.shape[2] - h) <= 16 + 4 and abs(image.shape[3] - w) <= 16 + 8
+
+
+@pytest.fixture(scope="module")
+def two_corpora(tmp_path_factory, tokenizer_path):
+    """40 real images laid out as create_data.sh renders: 10 in render/a, 30 in render/b."""
+    root = tmp_path_factory.mktemp("corpora")
+    lines = []
+    for k, (rel, latex) in enumerate(read_labels(SAMPLE / "labels.tsv")[:40]):
+        folder = root / "render" / ("a" if k < 10 else "b") / "images"
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(SAMPLE / rel, folder / Path(rel).name)
+        lines.append(f"{(folder / Path(rel).name).relative_to(root)}\t{latex}")
+    (root / "train.tsv").write_text("\n".join(lines) + "\n")
+    return Im2LatexDataset(root / "train.tsv", root, tokenizer=tokenizer_path, batchsize=4,
+                           max_dimensions=(800, 160), keep_smaller_batches=True)
+
+
+def _corpus_counts(ds: Im2LatexDataset, epoch: int = 0) -> dict[str, int]:
+    flat = [i for b in ds.batches(epoch) for i in b]
+    return {name: sum(ds.corpus(i) == name for i in flat) for name in ("a", "b")}
+
+
+def test_corpus_weights_repeat_and_thin_out_corpora(two_corpora, tmp_path):
+    ds = two_corpora
+    assert ds.corpus_sizes() == {"a": 10, "b": 30}
+    n_a = sum(ds.corpus(i) == "a" for i in ds.eligible())
+    n_b = len(ds.eligible()) - n_a
+    plain = ds.batches(0)
+    try:
+        # Weight 1 (or a corpus not named) leaves the epoch exactly as it was.
+        ds.update(corpus_weights={"a": 1, "elsewhere": 2})
+        assert ds.batches(0) == plain
+        ds.update(corpus_weights={"a": 3})
+        assert _corpus_counts(ds) == {"a": 3 * n_a, "b": n_b}
+        ds.update(corpus_weights={"a": 0})
+        assert _corpus_counts(ds) == {"a": 0, "b": n_b}
+        # A fractional weight keeps each sample with that probability, drawn anew each epoch.
+        ds.update(corpus_weights={"b": 0.5})
+        kept = [_corpus_counts(ds, epoch)["b"] for epoch in range(4)]
+        assert all(0.2 * n_b < k < 0.8 * n_b for k in kept) and len(set(kept)) > 1
+        assert kept[0] == _corpus_counts(ds, 0)["b"]  # still a pure function of the epoch
+        ds.update(corpus_weights={"a": 2.5})
+        assert 2 * n_a < _corpus_counts(ds)["a"] <= 3 * n_a
+        # The weights travel with the saved dataset.
+        ds.save(tmp_path / "w.pkl")
+        assert Im2LatexDataset.load(tmp_path / "w.pkl").corpus_weights == {"a": 2.5}
+        with pytest.raises(DatasetError, match="weight of 'a' must be a number >= 0"):
+            ds.update(corpus_weights={"a": -1})
+    finally:
+        ds.update(corpus_weights={})
+
+
+def test_training_refuses_weights_for_a_missing_corpus(two_corpora, tmp_path, tokenizer_path):
+    from pix2tex.config import ConfigError, config_from_dict
+    from pix2tex.train import load_datasets
+
+    two_corpora.save(tmp_path / "train.pkl")
+    settings = {"data": str(tmp_path / "train.pkl"), "tokenizer": str(tokenizer_path), "num_tokens": 600,
+                "max_width": 800, "max_height": 160, "batchsize": 4}
+    train_set, _, _ = load_datasets(config_from_dict({**settings, "corpus_weights": {"a": 2}}))
+    assert train_set.corpus_weights == {"a": 2.0}
+    with pytest.raises(ConfigError, match=r"no training image belongs to corpus 'im2latex' \(.*has: a, b\)"):
+        load_datasets(config_from_dict({**settings, "corpus_weights": {"im2latex": 2}}))
+
+
+def test_create_data_writes_per_corpus_validation_and_test_sets(tmp_path):
+    # The shell recipe end to end on two small real corpora: rendered with TeX, split, tokenized.
+    from tests.conftest import read_formulas
+
+    formulas = tmp_path / "formulas"
+    formulas.mkdir()
+    for name in ("im2latex_val", "chem_units"):
+        (formulas / f"{name}.txt").write_text("\n".join(read_formulas(name, 40)) + "\n")
+    env = {**os.environ, "PYTHON": sys.executable, "RENDER_ARGS": "--dpi 100 100 --fonts cm --workers 2",
+           "SPLIT_ARGS": "--val 0.25 --test 0.25"}
+    result = subprocess.run(["bash", str(REPO / "create_data.sh"), str(formulas), str(tmp_path / "data"), "300"],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr
+    data = tmp_path / "data"
+    for split in ("valid", "test"):
+        whole = Im2LatexDataset.load(data / f"{split}.pkl")
+        parts = {name: Im2LatexDataset.load(data / f"{split}_{name}.pkl") for name in ("im2latex_val", "chem_units")}
+        for name, part in parts.items():
+            assert len(part) > 0 and set(part.corpus_sizes()) == {name}
+        assert sorted(whole.labels) == sorted(parts["im2latex_val"].labels + parts["chem_units"].labels)
+    assert Im2LatexDataset.load(data / "train.pkl").corpus_sizes().keys() == {"im2latex_val", "chem_units"}

@@ -168,7 +168,7 @@ class Im2LatexDataset:
                  max_seq_len: int = 512, max_dimensions: tuple[int, int] = (672, 192),
                  min_dimensions: tuple[int, int] = (32, 32), pad: bool = False,
                  keep_smaller_batches: bool = False, test: bool = False, patch_size: int = 16,
-                 seed: int = 42):
+                 seed: int = 42, corpus_weights: dict[str, float] | None = None):
         self.roots: list[str] = []
         self.paths: list[str] = []
         self.root_ids: list[int] = []
@@ -183,6 +183,9 @@ class Im2LatexDataset:
         self.max_dimensions, self.min_dimensions = tuple(max_dimensions), tuple(min_dimensions)
         self.pad, self.keep_smaller_batches, self.test = pad, keep_smaller_batches, test
         self.patch_size, self.seed = patch_size, seed
+        # Per-corpus sampling weights (see corpus()): a corpus of weight 3 is seen three times per
+        # epoch, one of weight 0.5 half the time; unnamed corpora keep weight 1.
+        self.corpus_weights: dict[str, float] = _check_weights(corpus_weights or {})
         self.epoch = 0
         self._cursor = 0
         self._order: list[list[int]] = []
@@ -238,6 +241,7 @@ class Im2LatexDataset:
                 "max_dimensions": list(self.max_dimensions), "min_dimensions": list(self.min_dimensions),
                 "pad": self.pad, "keep_smaller_batches": self.keep_smaller_batches, "test": self.test,
                 "patch_size": self.patch_size, "seed": self.seed,
+                "corpus_weights": dict(self.corpus_weights),
             },
         }
 
@@ -299,13 +303,15 @@ class Im2LatexDataset:
 
     def update(self, **kwargs: Any) -> None:
         """Change iteration settings (batchsize, shuffle, pad, keep_smaller_batches, test,
-        max_seq_len, max_dimensions, min_dimensions, patch_size, seed, tokenizer)."""
+        max_seq_len, max_dimensions, min_dimensions, patch_size, seed, corpus_weights, tokenizer)."""
         allowed = {"batchsize", "shuffle", "pad", "keep_smaller_batches", "test", "max_seq_len",
                    "max_dimensions", "min_dimensions", "patch_size", "seed"}
         for key, value in kwargs.items():
             if key == "tokenizer":
                 if value is not None:
                     self.set_tokenizer(value)
+            elif key == "corpus_weights":
+                self.corpus_weights = _check_weights(value or {})
             elif key in allowed:
                 setattr(self, key, tuple(value) if key.endswith("dimensions") else value)
             else:
@@ -327,6 +333,17 @@ class Im2LatexDataset:
 
     def image_path(self, index: int) -> Path:
         return Path(self.roots[self.root_ids[index]]) / self.paths[index]
+
+    def corpus(self, index: int) -> str:
+        """The corpus a sample comes from: the name of the folder holding its ``images/`` folder
+        (``render/<corpus>/images/0000001.png``, as create_data.sh names it after the formula file),
+        or of its image's own folder in other layouts ("" for images at the dataset's root)."""
+        folder = Path(self.paths[index]).parent
+        return folder.parent.name if folder.name == "images" else folder.name
+
+    def corpus_sizes(self) -> Counter[str]:
+        """Number of samples per corpus."""
+        return Counter(self.corpus(i) for i in range(len(self)))
 
     # -- batching -------------------------------------------------------------------------------
     def prepared_size(self, index: int) -> tuple[int, int]:
@@ -369,7 +386,7 @@ class Im2LatexDataset:
         for i in self.eligible():
             h, w = self.prepared_size(i)
             key = (math.ceil(max(h, min_h) / p), math.ceil(max(w, min_w) / p))
-            buckets[key].append(i)
+            buckets[key] += [i] * self._copies(i, rng)
         out: list[list[int]] = []
         # Neighbouring buckets are merged until a batch fills, so rare sizes are not dropped.
         pending: list[int] = []
@@ -386,6 +403,16 @@ class Im2LatexDataset:
         if self.shuffle:
             rng.shuffle(out)
         return out
+
+    def _copies(self, index: int, rng: random.Random) -> int:
+        """How often a sample appears in an epoch under ``corpus_weights``: the weight's whole
+        part, plus one more with probability its fraction.  Draws from ``rng`` only for
+        fractional weights, so datasets without them keep the order they always had."""
+        if not self.corpus_weights:
+            return 1
+        weight = self.corpus_weights.get(self.corpus(index), 1.0)
+        whole, frac = divmod(weight, 1.0)
+        return int(whole) + (1 if frac and rng.random() < frac else 0)
 
     def __iter__(self) -> Iterator[Batch]:
         self._order = self.batches(self.epoch)
@@ -457,6 +484,18 @@ class Im2LatexDataset:
         tok = LatexTokenizer.train([f for f in formulas if f], vocab_size)
         tok.save(output)
         return tok
+
+
+def _check_weights(weights: Any) -> dict[str, float]:
+    """Validate a {corpus: weight} mapping (weights finite and >= 0)."""
+    if not isinstance(weights, dict):
+        raise DatasetError(f"corpus_weights must map corpus names to numbers, got {weights!r}")
+    out = {}
+    for name, weight in weights.items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+            raise DatasetError(f"corpus_weights: weight of '{name}' must be a number >= 0, got {weight!r}")
+        out[str(name)] = float(weight)
+    return out
 
 
 def _fit(image: np.ndarray, max_dimensions: tuple[int, int]) -> np.ndarray:
