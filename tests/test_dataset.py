@@ -278,6 +278,12 @@ def test_corpus_weights_repeat_and_thin_out_corpora(two_corpora, tmp_path):
         kept = [_corpus_counts(ds, epoch)["b"] for epoch in range(4)]
         assert all(0.2 * n_b < k < 0.8 * n_b for k in kept) and len(set(kept)) > 1
         assert kept[0] == _corpus_counts(ds, 0)["b"]  # still a pure function of the epoch
+        # Copies of a sample that meet in one batch are augmented differently (and reproducibly).
+        assert not ds.test
+        # (Some seeds draw no augmentation at all for either copy, hence several seeds.)
+        pairs = [ds.prepare_data([0, 0], augment_seed=seed).images for seed in range(6)]
+        assert sum(not torch.equal(pair[0], pair[1]) for pair in pairs) >= 3
+        assert torch.equal(ds.prepare_data([0, 0], augment_seed=2).images, pairs[2])
         ds.update(corpus_weights={"a": 2.5})
         assert 2 * n_a < _corpus_counts(ds)["a"] <= 3 * n_a
         # The weights travel with the saved dataset.

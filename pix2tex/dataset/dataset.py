@@ -448,11 +448,15 @@ class Im2LatexDataset:
         transform = test_transform() if self.test else train_transform()
         max_w, max_h = self.max_dimensions
         images = []
+        seen: Counter[int] = Counter()  # a sample repeated by corpus_weights can meet itself in a batch
         for i in batch:
             image = load_image_gray(self.image_path(i))
             if not self.test:
                 if augment_seed is not None:
-                    transform.set_random_seed((augment_seed * 1_000_003 + i) % 2**32)
+                    # Each copy gets its own augmentation; the first keeps the seed it always had.
+                    copy = seen[i]
+                    seen[i] += 1
+                    transform.set_random_seed((augment_seed * 1_000_003 + i + copy * 7_919_993) % 2**32)
                 image = transform(image=image)["image"]
             # The same crop, contrast and glyph-scale normalization as inference (pix2tex.preprocess),
             # so the model is trained on exactly the kind of input it will be given.  The glyph
