@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -24,6 +25,7 @@ from pix2tex.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 __all__ = [
     "ConfigError", "ModelConfig", "TrainConfig", "Config", "load_config", "config_from_dict", "save_config",
+    "check_corpus_weights",
 ]
 
 
@@ -125,10 +127,7 @@ class TrainConfig:
             raise ConfigError(f"micro_batchsize must be -1 or positive, got {self.micro_batchsize}")
         if len(self.betas) != 2:
             raise ConfigError(f"betas must have two values, got {self.betas}")
-        for name, weight in self.corpus_weights.items():
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0 \
-                    or weight == float("inf"):
-                raise ConfigError(f"corpus_weights: weight of '{name}' must be a number >= 0, got {weight!r}")
+        check_corpus_weights(self.corpus_weights)
 
     @property
     def micro(self) -> int:
@@ -147,6 +146,18 @@ class Config:
     def replace(self, **changes: Any) -> "Config":
         """A copy with some flat keys changed (validated like a file)."""
         return config_from_dict({**self.to_dict(), **changes}, source="<override>", check_files=False)
+
+
+def check_corpus_weights(weights: dict) -> dict[str, float]:
+    """``weights`` ({corpus: weight}) as floats; a weight that is not a finite number >= 0 is a
+    one-line ConfigError naming the corpus.  Shared by the config and the dataset."""
+    out = {}
+    for name, weight in weights.items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
+                or weight < 0:
+            raise ConfigError(f"corpus_weights: weight of '{name}' must be a number >= 0, got {weight!r}")
+        out[str(name)] = float(weight)
+    return out
 
 
 _MODEL_KEYS = {f.name: f for f in dataclasses.fields(ModelConfig)}

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from pix2tex.config import ConfigError, check_corpus_weights
 from pix2tex.dataset.transforms import test_transform, to_batch, train_transform
 from pix2tex.fileio import atomic_path
 from pix2tex.normalize import normalize
@@ -494,12 +495,10 @@ def _check_weights(weights: Any) -> dict[str, float]:
     """Validate a {corpus: weight} mapping (weights finite and >= 0)."""
     if not isinstance(weights, dict):
         raise DatasetError(f"corpus_weights must map corpus names to numbers, got {weights!r}")
-    out = {}
-    for name, weight in weights.items():
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
-            raise DatasetError(f"corpus_weights: weight of '{name}' must be a number >= 0, got {weight!r}")
-        out[str(name)] = float(weight)
-    return out
+    try:
+        return check_corpus_weights(weights)
+    except ConfigError as exc:
+        raise DatasetError(str(exc)) from None
 
 
 def _fit(image: np.ndarray, max_dimensions: tuple[int, int]) -> np.ndarray:
