@@ -72,7 +72,7 @@ def load_datasets(config: Config) -> tuple[Im2LatexDataset, Im2LatexDataset | No
     train_set.set_tokenizer(tokenizer)
     train_set.update(batchsize=t.batchsize, shuffle=True, test=not t.augment, seed=t.seed,
                      keep_smaller_batches=False, corpus_weights=t.corpus_weights, **common)
-    corpora = train_set.corpus_sizes()
+    corpora = train_set.corpus_sizes() if t.corpus_weights else {}
     for name in t.corpus_weights:
         if name not in corpora:
             raise ConfigError(f"corpus_weights: no training image belongs to corpus '{name}' "
