@@ -6,7 +6,8 @@
 # FORMULAS is a formula file (one formula per line) or a folder of *.txt formula files.
 # Renders every file with real TeX (OUT_DIR/render/<name>/), deduplicates on the normalized
 # formula and splits train/valid/test without overlap, trains the BPE tokenizer on the training
-# labels and writes OUT_DIR/{train,valid,test}.pkl, OUT_DIR/tokenizer.json, and one
+# labels and writes OUT_DIR/{train,valid,test}.pkl, OUT_DIR/tokenizer.json (BPE),
+# OUT_DIR/tokenizer_tokens.json (one id per LaTeX token; the datasets work with either), and one
 # OUT_DIR/valid_<name>.pkl and OUT_DIR/test_<name>.pkl per formula file (per-corpus validation
 # and scores).
 # Settings through the environment: PYTHON (default .venv/bin/python if present), RENDER_ARGS
@@ -49,6 +50,7 @@ echo "== split"
 
 echo "== tokenizer"
 "$python" -m pix2tex.dataset.dataset -e "$out/train.tsv" -s "$vocab" -o "$out/tokenizer.json"
+"$python" -m pix2tex.dataset.dataset -e "$out/train.tsv" -s "$vocab" --kind tokens -o "$out/tokenizer_tokens.json"
 
 echo "== datasets"
 for split in train valid test; do
@@ -64,4 +66,4 @@ for f in "${files[@]}"; do
         fi
     done
 done
-echo "done: $out/{train,valid,test}.pkl and $out/tokenizer.json"
+echo "done: $out/{train,valid,test}.pkl, $out/tokenizer.json and $out/tokenizer_tokens.json"

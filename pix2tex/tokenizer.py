@@ -1,10 +1,16 @@
-"""BPE tokenizer over normalized LaTeX; the only owner of the special token ids.
+"""Tokenizers over normalized LaTeX; the only owner of the special token ids.
 
-The tokenizer is a Hugging Face ``tokenizers`` BPE model.  Normalized formulas are token
-sequences separated by single spaces (see :mod:`pix2tex.normalize`); a Metaspace pre-tokenizer
-turns those spaces into a visible marker *without* splitting on them, so merges may span several
-LaTeX tokens (``_ { 1 }`` can become one id).  That keeps decoded sequences short, which is what
-makes autoregressive decoding fast, and decoding is the exact inverse of encoding.
+Two kinds, both Hugging Face ``tokenizers`` models saved as one tokenizer.json:
+
+* ``bpe``: normalized formulas are token sequences separated by single spaces (see
+  :mod:`pix2tex.normalize`); a Metaspace pre-tokenizer turns those spaces into a visible marker
+  *without* splitting on them, so merges may span several LaTeX tokens (``_ { 1 }`` can become
+  one id).  Sequences are short, which makes autoregressive decoding fast.
+* ``tokens``: one id per LaTeX token (a word-level vocabulary of the few hundred symbols the
+  training formulas use).  Sequences are longer, but every id is one visible symbol or
+  structure, which is easier to learn to read from an image.
+
+Decoding is the exact inverse of encoding for both (tokens the vocabulary lacks become [UNK]).
 """
 
 from __future__ import annotations
@@ -47,10 +53,19 @@ class LatexTokenizer:
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def train(cls, formulas: Iterable[str], vocab_size: int) -> "LatexTokenizer":
-        """Train a BPE vocabulary of at most ``vocab_size`` ids on normalized formulas."""
+    def train(cls, formulas: Iterable[str], vocab_size: int, kind: str = "bpe",
+              min_frequency: int = 2) -> "LatexTokenizer":
+        """Train a vocabulary of at most ``vocab_size`` ids on normalized formulas.
+
+        ``kind`` is ``"bpe"`` or ``"tokens"`` (see the module docstring); a ``tokens`` vocabulary
+        keeps the LaTeX tokens seen at least ``min_frequency`` times, most frequent first.
+        """
         if vocab_size <= len(SPECIAL_TOKENS):
             raise TokenizerError(f"vocab size {vocab_size} leaves no room next to the special tokens")
+        if kind == "tokens":
+            return cls._train_words(formulas, vocab_size, min_frequency)
+        if kind != "bpe":
+            raise TokenizerError(f"tokenizer kind must be 'bpe' or 'tokens', got {kind!r}")
         hf = Tokenizer(models.BPE(unk_token=UNK_TOKEN))
         hf.pre_tokenizer = _metaspace()
         hf.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="never", split=False)
@@ -61,6 +76,21 @@ class LatexTokenizer:
         )
         hf.train_from_iterator((f for f in formulas if f), trainer=trainer)
         return cls(hf)
+
+    @classmethod
+    def _train_words(cls, formulas: Iterable[str], vocab_size: int, min_frequency: int) -> "LatexTokenizer":
+        hf = Tokenizer(models.WordLevel(unk_token=UNK_TOKEN))
+        hf.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        # Without a decoder, tokenizers joins word-level tokens with single spaces: the normalized form.
+        trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                            special_tokens=list(SPECIAL_TOKENS), show_progress=False)
+        hf.train_from_iterator((f for f in formulas if f), trainer=trainer)
+        return cls(hf)
+
+    @property
+    def kind(self) -> str:
+        """``"bpe"`` or ``"tokens"``."""
+        return "tokens" if isinstance(self.hf.model, models.WordLevel) else "bpe"
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LatexTokenizer":

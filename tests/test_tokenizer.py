@@ -68,3 +68,33 @@ def test_foreign_special_ids_are_refused(tmp_path, formulas):
     path.write_text(hf.to_str())
     with pytest.raises(TokenizerError, match=r"\[PAD\] at id 1, expected 0"):
         LatexTokenizer.load(path)
+
+
+@pytest.fixture(scope="module")
+def word_tokenizer(formulas):
+    return LatexTokenizer.train(formulas, 2000, kind="tokens")
+
+
+def test_token_vocabulary_has_one_id_per_latex_token(word_tokenizer, formulas):
+    assert word_tokenizer.kind == "tokens"
+    sample = formulas[:300]
+    # Every LaTeX token is its own id (no merges), BOS and EOS included in lengths().
+    assert word_tokenizer.lengths(sample) == [len(f.split(" ")) + 2 for f in sample]
+    assert word_tokenizer.vocab_size < 1000  # a few hundred symbols, not thousands of merges
+
+
+def test_token_vocabulary_round_trip_and_reload(word_tokenizer, tmp_path):
+    held_out = [normalize(f) for f in read_formulas("im2latex_val", 300, start=5000)]
+    known = set(word_tokenizer.hf.get_vocab())
+    covered = [f for f in held_out if set(f.split(" ")) <= known]
+    assert len(covered) > 250  # the training formulas' symbols cover held-out formulas
+    ids, _ = word_tokenizer.encode(covered)
+    assert word_tokenizer.decode(ids) == covered
+    word_tokenizer.save(tmp_path / "tokens.json")
+    again = LatexTokenizer.load(tmp_path / "tokens.json")
+    assert again.kind == "tokens" and again.decode(again.encode(covered)[0]) == covered
+
+
+def test_unknown_kind_is_refused(formulas):
+    with pytest.raises(TokenizerError, match="kind"):
+        LatexTokenizer.train(formulas[:10], 100, kind="chars")
