@@ -39,6 +39,16 @@ class ModelConfig:
 
     encoder_structure: str = "hybrid"  # "hybrid" | "vit"
     backbone_layers: list[int] = field(default_factory=lambda: [2, 3, 7])  # ResNetV2 stage depths
+    # Output channels of each ResNetV2 stage ([] = timm's 256, 512, 1024, …); narrower stages are
+    # much cheaper and still ample for glyphs about 11 pixels tall.
+    backbone_channels: list[int] = field(default_factory=list)
+    stem_channels: int = 64  # channels of the backbone's first convolution
+    # "group": timm's GroupNorm (statistics over the whole padded canvas, so an image's features
+    # depend on its batch's padding); "batch": BatchNorm (fixed statistics at inference).
+    backbone_norm: str = "group"
+    # Padded patches are hidden from the encoder's attention and the decoder's cross-attention,
+    # so an image reads the same alone and in a batch of larger images.
+    mask_padding: bool = False
     channels: int = 1
     dim: int = 256  # width shared by encoder and decoder
     encoder_depth: int = 4  # ViT blocks
@@ -65,6 +75,13 @@ class ModelConfig:
             raise ConfigError(
                 f"max_height/max_width ({self.max_height}x{self.max_width}) must be multiples of "
                 f"patch_size ({self.patch_size})")
+        if self.backbone_norm not in ("group", "batch"):
+            raise ConfigError(f"backbone_norm must be 'group' or 'batch', got {self.backbone_norm!r}")
+        if self.backbone_channels and len(self.backbone_channels) != len(self.backbone_layers):
+            raise ConfigError(f"backbone_channels ({list(self.backbone_channels)}) must give one width per stage of "
+                              f"backbone_layers ({list(self.backbone_layers)})")
+        if any(c <= 0 for c in self.backbone_channels) or self.stem_channels <= 0:
+            raise ConfigError("backbone_channels and stem_channels must be positive")
         if self.encoder_structure == "hybrid" and not self.backbone_layers:
             raise ConfigError("backbone_layers must list at least one ResNetV2 stage for a hybrid encoder")
 
@@ -95,7 +112,18 @@ class TrainConfig:
     testbatchsize: int = 20
     valbatches: int = 100  # validation batches per evaluation
     optimizer: str = "Adam"  # "Adam" | "AdamW"
-    scheduler: str = "StepLR"  # "StepLR" | "OneCycleLR"
+    # "StepLR" | "OneCycleLR" | "WarmupCosine" (linear warm-up over warmup_steps to max_lr, then a
+    # cosine to min_lr at max_steps: one schedule for a whole run that is resumed many times).
+    scheduler: str = "StepLR"
+    warmup_steps: int = 500
+    min_lr: float = 1e-5
+    label_smoothing: float = 0.0
+    # Stop (saving the resume state) once the run has used this many CPU minutes in total, counted
+    # over every resume; compares recipes fairly on a machine shared with other work.
+    max_cpu_minutes: float | None = None
+    # Train only on samples of at most this many target tokens (0: no limit).  A curriculum is a
+    # run that starts with a small limit and is resumed with a larger one (--resume --set …).
+    max_label_tokens: int = 0
     lr: float = 5e-4
     max_lr: float = 5e-4  # OneCycleLR peak
     pct_start: float = 0.3  # OneCycleLR warm-up share
@@ -113,13 +141,24 @@ class TrainConfig:
     min_width: int = 32
     max_dimensions_filter: bool = True  # drop images larger than max_height x max_width
     augment: bool = True  # use train_transform for training batches
+    augment_level: str = "full"  # "light": small jitter, blur and contrast only; "full": everything
     log_every: int = 10  # steps between metric lines in metrics.jsonl
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("Adam", "AdamW"):
             raise ConfigError(f"optimizer must be 'Adam' or 'AdamW', got {self.optimizer!r}")
-        if self.scheduler not in ("StepLR", "OneCycleLR"):
-            raise ConfigError(f"scheduler must be 'StepLR' or 'OneCycleLR', got {self.scheduler!r}")
+        if self.scheduler not in ("StepLR", "OneCycleLR", "WarmupCosine"):
+            raise ConfigError(f"scheduler must be 'StepLR', 'OneCycleLR' or 'WarmupCosine', got {self.scheduler!r}")
+        if self.scheduler == "WarmupCosine" and self.max_steps is None:
+            raise ConfigError("scheduler WarmupCosine needs max_steps (the length of its cosine)")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.warmup_steps < 0 or self.max_label_tokens < 0:
+            raise ConfigError("warmup_steps and max_label_tokens must be >= 0")
+        if self.augment_level not in ("light", "full"):
+            raise ConfigError(f"augment_level must be 'light' or 'full', got {self.augment_level!r}")
+        if self.max_cpu_minutes is not None and self.max_cpu_minutes <= 0:
+            raise ConfigError(f"max_cpu_minutes must be positive, got {self.max_cpu_minutes}")
         for name in ("batchsize", "testbatchsize", "epochs", "sample_freq", "valbatches", "lr_step"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")

@@ -57,8 +57,8 @@ def evaluate_dataset(checkpoint: str | None, data: str, *, beam: int = 1, batch_
         batch = ds.prepare_data(indices)
         x = batch.images.to(device)
         limit_tokens = config.max_seq_len - 1
-        out = (model.beam_search(x, beam_size=beam, max_new_tokens=limit_tokens) if beam > 1
-               else model.generate(x, max_new_tokens=limit_tokens))
+        out = (model.beam_search(x, beam_size=beam, sizes=batch.sizes, max_new_tokens=limit_tokens) if beam > 1
+               else model.generate(x, sizes=batch.sizes, max_new_tokens=limit_tokens))
         for i, pred, ref in zip(indices, tokenizer.decode(out.ids.cpu()), batch.labels):
             rows.append((str(ds.image_path(i)), normalize(pred), ref))
     left_out = len(ds) - sum(len(b) for b in all_batches)

@@ -84,6 +84,9 @@ class LatexOCR:
             self.model, self.config, self.tokenizer, self.meta = load_model_folder(checkpoint, self.device)
         else:
             raise ValueError(f"engine must be 'torch' or 'onnx', got {engine!r}")
+        if engine == "onnx" and self.config.mask_padding:
+            # The exported graphs have no padding mask: one image per batch keeps readings exact.
+            batch_size = 1
         self.beam, self.batch_size, self.rescale = beam, batch_size, rescale
         self.encoder_batch = encoder_batch or (CPU_ENCODER_BATCH if self.device.type == "cpu" else batch_size)
 
@@ -140,11 +143,16 @@ class LatexOCR:
         # encoded a few at a time and only their memories are decoded together (986 im2latex images,
         # batches of 8: peak RSS 969 MiB against 1,016 MiB, see docs/RESULTS.md).
         step = self.encoder_batch
-        memory = torch.cat([self.model.encode(x[i : i + step]) for i in range(0, len(x), step)])
+        mask = None
+        if self.config.mask_padding and len(arrays) > 1:  # padded patches hidden: a reading does not depend on its batch
+            sizes = torch.tensor([[min(a.shape[0], x.shape[2]), min(a.shape[1], x.shape[3])] for a in arrays])
+            mask = self.model.memory_mask(x, sizes)
+        memory = torch.cat([self.model.encode(x[i : i + step], None if mask is None else mask[i : i + step])
+                            for i in range(0, len(x), step)])
         if self.beam > 1:
-            out = self.model.decoder.beam_search(memory, beam_size=self.beam, max_new_tokens=limit)
+            out = self.model.decoder.beam_search(memory, beam_size=self.beam, max_new_tokens=limit, memory_mask=mask)
         else:
-            out = self.model.decoder.generate(memory, max_new_tokens=limit)
+            out = self.model.decoder.generate(memory, max_new_tokens=limit, memory_mask=mask)
         texts = [normalize(t) for t in self.tokenizer.decode(out.ids.cpu())]
         return texts, out.logprob.float().cpu().tolist()
 

@@ -130,12 +130,16 @@ class OnnxDecoder(TextDecoder):
             inters.append(Intermediates(cached_kv=kv, layer_type="a" if kind == SELF else "c"))
         return LayerIntermediates(attn_intermediates=inters, cache_length=0)
 
-    def step(self, tokens: Tensor, memory: Tensor,
-             cache: LayerIntermediates | None) -> tuple[Tensor, LayerIntermediates]:
+    def step(self, tokens: Tensor, memory: Tensor, cache: LayerIntermediates | None,
+             memory_mask: Tensor | None = None) -> tuple[Tensor, LayerIntermediates]:
         """Logits [B, V] after ``tokens`` [B, 1] (one new token per row), and the cache extended by it.
 
-        ``memory`` is read only when ``cache`` is None (the first step, usually BOS).
+        ``memory`` is read only when ``cache`` is None (the first step, usually BOS).  The exported
+        graphs attend to every memory row: ``memory_mask`` must be None (LatexOCR decodes models
+        trained with ``mask_padding`` one image at a time on this engine, which needs no mask).
         """
+        if memory_mask is not None:
+            raise ValueError("the ONNX decoder graphs take no memory mask; decode one image at a time")
         if tokens.dim() != 2 or tokens.shape[1] != 1:
             raise ValueError(f"the ONNX decoder step takes one new token per row, got tokens {tuple(tokens.shape)}")
         if cache is None:
@@ -173,9 +177,11 @@ class OnnxModel:
         self.decoder = OnnxDecoder(make_session(folder / CROSS_CACHE, threads),
                                    make_session(folder / DECODER, threads), layers, cfg)
 
-    def encode(self, images: Tensor) -> Tensor:
+    def encode(self, images: Tensor, mask: Tensor | None = None) -> Tensor:
         """Images [B, channels, H, W] -> memory [B, N, dim] (same input checks as the PyTorch encoder)."""
         check_images(images, self.cfg)
+        if mask is not None:
+            raise ValueError("the ONNX encoder graph takes no padding mask; encode one image at a time")
         (memory,) = self.encoder_session.run(None, {"images": _numpy(images.float())})
         return torch.from_numpy(memory)
 

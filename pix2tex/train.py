@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import random
 import signal
 import sys
@@ -71,7 +72,8 @@ def load_datasets(config: Config) -> tuple[Im2LatexDataset, Im2LatexDataset | No
     train_set = Im2LatexDataset.load(t.data)
     train_set.set_tokenizer(tokenizer)
     train_set.update(batchsize=t.batchsize, shuffle=True, test=not t.augment, seed=t.seed,
-                     keep_smaller_batches=False, corpus_weights=t.corpus_weights, **common)
+                     keep_smaller_batches=False, corpus_weights=t.corpus_weights,
+                     max_label_tokens=t.max_label_tokens, augment_level=t.augment_level, **common)
     corpora = train_set.corpus_sizes() if t.corpus_weights else {}
     for name in t.corpus_weights:
         if name not in corpora:
@@ -95,8 +97,22 @@ def build_optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Optim
     return cls(model.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
 
 
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, max_lr: float, min_lr: float) -> float:
+    """Learning rate at ``step``: linear warm-up to ``max_lr``, then a cosine down to ``min_lr`` at ``total_steps``."""
+    if step < warmup_steps:
+        return max_lr * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr + 0.5 * (max_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, config: Config, total_steps: int):
     t = config.train
+    if t.scheduler == "WarmupCosine":
+        # LambdaLR multiplies the optimizer's initial lr; set it to max_lr so the factor is the schedule.
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] = t.max_lr
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, t.warmup_steps, total_steps, t.max_lr, t.min_lr) / t.max_lr)
     if t.scheduler == "OneCycleLR":
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=t.max_lr, total_steps=max(total_steps, 2),
                                                    pct_start=t.pct_start, anneal_strategy="cos")
@@ -114,7 +130,7 @@ def validate(model: Model, dataset: Im2LatexDataset, tokenizer: LatexTokenizer, 
         batch = dataset.prepare_data(batch_indices)
         # Decoding can stop well before max_seq_len: references bound the useful length.
         limit = min(model.cfg.max_seq_len - 1, int(batch.ids.shape[1] * 1.5) + 8)
-        out = model.generate(batch.images.to(device), max_new_tokens=limit)
+        out = model.generate(batch.images.to(device), sizes=batch.sizes, max_new_tokens=limit)
         predictions += tokenizer.decode(out.ids.cpu())
         references += batch.labels
     model.train()
@@ -192,6 +208,7 @@ def train(config: Config, resume: bool = False, device: torch.device | None = No
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, total_steps)
     step, epoch, start_batch, best_bleu = 0, 0, 0, -1.0
+    cpu_before = 0.0  # CPU seconds of earlier processes of this run (resume)
 
     if resume:
         state = load_resume_state(run_dir / "last.pt")
@@ -203,6 +220,7 @@ def train(config: Config, resume: bool = False, device: torch.device | None = No
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, epoch, start_batch, best_bleu = state["step"], state["epoch"], state["batch"], state["best_bleu"]
+        cpu_before = float(state.get("cpu_seconds", 0.0))  # absent in states written before it was kept
         _set_rng_state(state["rng"])
         print(f"resumed {run_dir / 'last.pt'} at step {step} (epoch {epoch}, batch {start_batch})", file=sys.stderr)
     elif t.load_chkpt is not None:
@@ -211,6 +229,12 @@ def train(config: Config, resume: bool = False, device: torch.device | None = No
     save_config(config, run_dir / "config.yaml")
 
     logger = _Logger(run_dir, config, resume)
+    cpu_start = time.process_time()
+
+    def cpu_seconds() -> float:
+        """CPU seconds of the whole run so far: this process (all its threads) plus earlier ones."""
+        return cpu_before + time.process_time() - cpu_start
+
     use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
 
     def save_state(epoch_: int, batch_: int) -> None:
@@ -218,6 +242,7 @@ def train(config: Config, resume: bool = False, device: torch.device | None = No
             "format": "pix2tex-resume", "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "step": step, "epoch": epoch_, "batch": batch_,
             "best_bleu": best_bleu, "rng": _rng_state(), "config": config.to_dict(),
+            "cpu_seconds": cpu_seconds(),
         })
 
     def on_signal(signum, frame):  # noqa: ARG001
@@ -240,7 +265,9 @@ def train(config: Config, resume: bool = False, device: torch.device | None = No
                 loss_value = 0.0
                 for lo in range(0, total, t.micro):
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                        out = model(images[lo : lo + t.micro], ids[lo : lo + t.micro])
+                        out = model(images[lo : lo + t.micro], ids[lo : lo + t.micro],
+                                    sizes=None if batch.sizes is None else batch.sizes[lo : lo + t.micro],
+                                    label_smoothing=t.label_smoothing)
                     part = out.loss * (min(t.micro, total - lo) / total)
                     part.backward()
                     loss_value += part.item()
@@ -258,8 +285,9 @@ def train(config: Config, resume: bool = False, device: torch.device | None = No
                 bar.set_postfix(loss=f"{loss_value:.4f}", samples_s=f"{rate:.1f}")
                 if step % t.log_every == 0 or step == 1:
                     logger.log({"step": step, "epoch": epoch, "loss": loss_value,
-                                "lr": lr, "samples_per_s": rate})
-                if step % t.sample_freq == 0 or step == total_steps:
+                                "lr": lr, "samples_per_s": rate, "cpu_s": round(cpu_seconds(), 1)})
+                out_of_cpu = t.max_cpu_minutes is not None and cpu_seconds() >= 60 * t.max_cpu_minutes
+                if step % t.sample_freq == 0 or step == total_steps or out_of_cpu:
                     if val_set is not None and len(val_set):
                         scores, samples = validate(model, val_set, tokenizer, t.valbatches, device)
                         logger.log({"step": step, "epoch": epoch, **{f"val_{k}": v for k, v in scores.as_dict().items()}})
@@ -274,7 +302,7 @@ def train(config: Config, resume: bool = False, device: torch.device | None = No
                     else:
                         save_model_folder(run_dir / "last", model, m, tokenizer, {"step": step, "epoch": epoch})
                     save_state(epoch, batch_index)
-                if step >= total_steps:
+                if step >= total_steps or out_of_cpu:
                     break
             else:
                 epoch += 1

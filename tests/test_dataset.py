@@ -329,3 +329,26 @@ def test_create_data_writes_per_corpus_validation_and_test_sets(tmp_path):
             assert len(part) > 0 and set(part.corpus_sizes()) == {name}
         assert sorted(whole.labels) == sorted(parts["im2latex_val"].labels + parts["chem_units"].labels)
     assert Im2LatexDataset.load(data / "train.pkl").corpus_sizes().keys() == {"im2latex_val", "chem_units"}
+
+
+def test_max_label_tokens_keeps_only_short_labels_for_a_curriculum(sample):
+    lengths = sample.tokenizer.lengths(sample.labels)
+    everything = sample.eligible()
+    sample.update(max_label_tokens=30)
+    try:
+        short = sample.eligible()
+        assert short and len(short) < len(everything)
+        assert all(lengths[i] <= 30 for i in short)
+        assert set(short) == {i for i in everything if lengths[i] <= 30}
+        assert {i for b in sample.batches(0) for i in b} <= set(short)
+    finally:
+        sample.update(max_label_tokens=0)
+    assert sample.eligible() == everything
+
+
+def test_batches_carry_each_images_size_inside_the_canvas(sample):
+    batch = sample.prepare_data(sample.batches(0)[0])
+    assert batch.sizes.shape == (len(batch.labels), 2)
+    _, _, height, width = batch.images.shape
+    assert (batch.sizes[:, 0] <= height).all() and (batch.sizes[:, 1] <= width).all()
+    assert int(batch.sizes[:, 1].max()) > width - 16  # the widest image fills the canvas up to its padding

@@ -159,3 +159,23 @@ def test_augmented_training_images_keep_their_glyph_scale(pipeline):
         if not 0.8 * w - 16 <= width <= 1.2 * w + 16:
             off.append((i, w, width))
     assert not off
+
+
+def test_cpu_budget_stops_a_run_and_resume_counts_on(pipeline):
+    """max_cpu_minutes stops training with its state saved; a resumed run counts the CPU seconds
+    of the earlier process too, and a run resumed with a larger budget continues to it."""
+    from pix2tex.checkpoint import load_resume_state
+
+    work = pipeline["work"]
+    args = ["-m", "pix2tex.train", "--config", str(DEBUG), "--no-progress", "--set", "data=train.pkl",
+            "--set", "valdata=null", "--set", "tokenizer=tok.json", "--set", "name=budget",
+            "--set", "max_steps=100000", "--set", "scheduler=WarmupCosine", "--set", "warmup_steps=5",
+            "--set", "label_smoothing=0.1", "--set", "max_label_tokens=20"]
+    _run([*args, "--set", "max_cpu_minutes=0.1"], cwd=work)
+    state = load_resume_state(work / "checkpoints" / "budget" / "last.pt")
+    first_steps, first_cpu = state["step"], state["cpu_seconds"]
+    assert 0 < first_steps < 100000 and 6.0 <= first_cpu < 30.0
+    assert (work / "checkpoints" / "budget" / "last" / "model.safetensors").exists()
+    _run([*args, "--set", "max_cpu_minutes=0.2", "--resume"], cwd=work)
+    state = load_resume_state(work / "checkpoints" / "budget" / "last.pt")
+    assert state["step"] > first_steps and 12.0 <= state["cpu_seconds"] < 40.0

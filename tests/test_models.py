@@ -464,3 +464,54 @@ def test_seed_decoder_args_work_with_the_cache():
     gen = model.generate(images, max_new_tokens=12, stop_at_eos=False)
     assert isinstance(gen, Generation) and gen.ids.shape == (2, 12)
     assert torch.equal(gen.ids, model.generate(images, max_new_tokens=12, stop_at_eos=False, use_cache=False).ids)
+
+
+def _real_batch(sample_dir: Path, n: int, cfg: ModelConfig) -> tuple[list[np.ndarray], torch.Tensor, torch.Tensor]:
+    from pix2tex.dataset.transforms import to_batch
+    from pix2tex.preprocess import prepare
+
+    paths = sorted((sample_dir / "images").glob("*.png"))[:n]
+    arrays = [prepare(Image.open(p), patch_size=cfg.patch_size, max_height=cfg.max_height,
+                      max_width=cfg.max_width) for p in paths]
+    sizes = torch.tensor([list(a.shape) for a in arrays])
+    return arrays, to_batch(arrays, cfg.patch_size), sizes
+
+
+@pytest.mark.parametrize("decoding", ["greedy", "beam"])
+def test_masked_model_reads_an_image_the_same_alone_and_in_a_mixed_batch(sample_dir, decoding):
+    from pix2tex.dataset.transforms import to_batch
+
+    model = tiny_model(dim=64, heads=4, num_tokens=60, max_height=128, max_width=640, max_seq_len=16,
+                       backbone_channels=[32, 64], stem_channels=32, backbone_norm="batch", mask_padding=True)
+    arrays, images, sizes = _real_batch(sample_dir, 12, model.cfg)
+    assert len({a.shape for a in arrays}) > 4  # really mixed sizes: most images sit in padding
+
+    def read(x, s):
+        if decoding == "beam":
+            return model.beam_search(x, sizes=s, beam_size=3, max_new_tokens=12)
+        return model.generate(x, sizes=s, max_new_tokens=12, stop_at_eos=False)
+
+    batched = read(images, sizes)
+    for i, array in enumerate(arrays):
+        alone = read(to_batch([array], model.cfg.patch_size), sizes[i : i + 1])
+        width = alone.ids.shape[1]
+        assert alone.ids[0].tolist() == batched.ids[i, :width].tolist()
+        assert float(alone.logprob[0]) == pytest.approx(float(batched.logprob[i]), abs=1e-4)
+
+
+def test_padding_changes_an_unmasked_models_memory_but_not_a_masked_ones(sample_dir):
+    from pix2tex.dataset.transforms import to_batch
+
+    for masked in (False, True):
+        model = tiny_model(dim=64, heads=4, max_height=128, max_width=640, backbone_channels=[32, 64],
+                           stem_channels=32, backbone_norm="batch", mask_padding=masked)
+        arrays, images, sizes = _real_batch(sample_dir, 12, model.cfg)
+        small = min(range(len(arrays)), key=lambda i: arrays[i].size)
+        alone_x = to_batch([arrays[small]], model.cfg.patch_size)
+        mask = model.memory_mask(images, sizes)
+        batched = model.encode(images, mask)[small]
+        alone = model.encode(alone_x, model.memory_mask(alone_x, sizes[small : small + 1]))[0]
+        h, w = alone_x.shape[2] // 16, alone_x.shape[3] // 16
+        grid = batched[1:].view(images.shape[2] // 16, images.shape[3] // 16, -1)[:h, :w].reshape(h * w, -1)
+        same = torch.allclose(torch.cat((batched[:1], grid)), alone, atol=1e-4)
+        assert same == masked

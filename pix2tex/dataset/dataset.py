@@ -153,6 +153,7 @@ class Batch:
     mask: torch.Tensor
     labels: list[str]
     indices: list[int] = field(default_factory=list)
+    sizes: torch.Tensor | None = None  # [B, 2] long: each image's (height, width) inside the padded canvas
 
 
 # -- the seed's dataset class ---------------------------------------------------------------------
@@ -169,7 +170,8 @@ class Im2LatexDataset:
                  max_seq_len: int = 512, max_dimensions: tuple[int, int] = (672, 192),
                  min_dimensions: tuple[int, int] = (32, 32), pad: bool = False,
                  keep_smaller_batches: bool = False, test: bool = False, patch_size: int = 16,
-                 seed: int = 42, corpus_weights: dict[str, float] | None = None):
+                 seed: int = 42, corpus_weights: dict[str, float] | None = None, max_label_tokens: int = 0,
+                 augment_level: str = "full"):
         self.roots: list[str] = []
         self.paths: list[str] = []
         self.root_ids: list[int] = []
@@ -184,6 +186,9 @@ class Im2LatexDataset:
         self.max_dimensions, self.min_dimensions = tuple(max_dimensions), tuple(min_dimensions)
         self.pad, self.keep_smaller_batches, self.test = pad, keep_smaller_batches, test
         self.patch_size, self.seed = patch_size, seed
+        # Training-only filter (a curriculum): labels longer than this many tokens are left out (0: none).
+        self.max_label_tokens = max_label_tokens
+        self.augment_level = augment_level
         # Per-corpus sampling weights (see corpus()): a corpus of weight 3 is seen three times per
         # epoch, one of weight 0.5 half the time; unnamed corpora keep weight 1.
         self.corpus_weights: dict[str, float] = _check_weights(corpus_weights or {})
@@ -306,7 +311,7 @@ class Im2LatexDataset:
         """Change iteration settings (batchsize, shuffle, pad, keep_smaller_batches, test,
         max_seq_len, max_dimensions, min_dimensions, patch_size, seed, corpus_weights, tokenizer)."""
         allowed = {"batchsize", "shuffle", "pad", "keep_smaller_batches", "test", "max_seq_len",
-                   "max_dimensions", "min_dimensions", "patch_size", "seed"}
+                   "max_dimensions", "min_dimensions", "patch_size", "seed", "max_label_tokens", "augment_level"}
         for key, value in kwargs.items():
             if key == "tokenizer":
                 if value is not None:
@@ -355,15 +360,17 @@ class Im2LatexDataset:
         return round(h * scale) + 2 * MARGIN, round(w * scale) + 2 * MARGIN
 
     def eligible(self) -> list[int]:
-        """Indices whose (prepared) image fits the size limits and whose label fits max_seq_len."""
+        """Indices whose (prepared) image fits the size limits and whose label fits max_seq_len
+        (and max_label_tokens, where set)."""
         max_w, max_h = self.max_dimensions
         lengths = self._label_lengths()
+        longest = min(self.max_seq_len, self.max_label_tokens or self.max_seq_len)
         keep = []
         for i in range(len(self)):
             h, w = self.prepared_size(i)
             if w > max_w or h > max_h:
                 continue
-            if lengths is not None and lengths[i] > self.max_seq_len:
+            if lengths is not None and lengths[i] > longest:
                 continue
             keep.append(i)
         return keep
@@ -446,7 +453,7 @@ class Im2LatexDataset:
         ``augment_seed`` makes the training augmentation reproducible (each sample derives its
         own seed from it), which exact resume relies on.
         """
-        transform = test_transform() if self.test else train_transform()
+        transform = test_transform() if self.test else train_transform(self.augment_level)
         max_w, max_h = self.max_dimensions
         images = []
         seen: Counter[int] = Counter()  # a sample repeated by corpus_weights can meet itself in a batch
@@ -478,15 +485,16 @@ class Im2LatexDataset:
             width = min(max_w, max(math.ceil(max(im.shape[1], min_w) / p) * p for im in images))
         labels = [self.labels[i] for i in batch]
         ids, mask = self.tokenizer.encode(labels, max_len=self.max_seq_len)
-        return Batch(to_batch(images, p, height, width), ids, mask, labels, list(batch))
+        sizes = torch.tensor([[min(im.shape[0], height), min(im.shape[1], width)] for im in images], dtype=torch.long)
+        return Batch(to_batch(images, p, height, width), ids, mask, labels, list(batch), sizes)
 
     # -- tokenizer (seed) ---------------------------------------------------------------------------
     @staticmethod
     def generate_tokenizer(equations: Sequence[str | os.PathLike], output: str | os.PathLike,
-                           vocab_size: int) -> LatexTokenizer:
-        """Train a BPE tokenizer on the (normalized) labels of ``equations`` and save it."""
+                           vocab_size: int, kind: str = "bpe") -> LatexTokenizer:
+        """Train a tokenizer (``kind`` "bpe" or "tokens") on the normalized labels of ``equations`` and save it."""
         formulas = [normalize(latex) for path in equations for _, latex in read_labels(path)]
-        tok = LatexTokenizer.train([f for f in formulas if f], vocab_size)
+        tok = LatexTokenizer.train([f for f in formulas if f], vocab_size, kind=kind)
         tok.save(output)
         return tok
 
@@ -547,12 +555,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-i", "--images", help="image folder (builds a dataset)")
     parser.add_argument("-e", "--equations", nargs="+", required=True, help="labels.tsv or formula files")
     parser.add_argument("-o", "--out", required=True, help="output .pkl or tokenizer.json")
-    parser.add_argument("-s", "--vocab-size", type=int, default=8000, help="BPE vocabulary size")
+    parser.add_argument("-s", "--vocab-size", type=int, default=8000, help="largest vocabulary size")
+    parser.add_argument("--kind", choices=("bpe", "tokens"), default="bpe",
+                        help="bpe: merged multi-token ids; tokens: one id per LaTeX token")
     parser.add_argument("-t", "--tokenizer", help="tokenizer.json recorded in the dataset")
     args = parser.parse_args(argv)
     try:
         if args.images is None:
-            tok = Im2LatexDataset.generate_tokenizer(args.equations, args.out, args.vocab_size)
+            tok = Im2LatexDataset.generate_tokenizer(args.equations, args.out, args.vocab_size, args.kind)
             print(f"wrote {args.out}: {tok.vocab_size} tokens")
             return 0
         if len(args.equations) != 1:

@@ -25,12 +25,26 @@ MEAN, STD = 0.7931, 0.1738
 WHITE = 255
 
 
-def train_transform() -> A.Compose:
-    """A fresh augmentation pipeline; seed it per sample with ``set_random_seed`` for exact resume."""
+def train_transform(level: str = "full") -> A.Compose:
+    """A fresh augmentation pipeline; seed it per sample with ``set_random_seed`` for exact resume.
+
+    ``level`` "light" keeps only small geometric jitter, blur and contrast changes (a model that
+    cannot read yet learns faster from cleaner images); "full" adds distortion, stroke width,
+    noise, resolution loss and JPEG artefacts.
+    """
     # Imported here, not at the top: prediction needs only to_batch, and albumentations adds
     # ~30 MB and a third of a second to every `pix2tex predict`.
     import albumentations as A
 
+    if level == "light":
+        return A.Compose([
+            A.Affine(scale=(0.9, 1.05), rotate=(-0.5, 0.5), interpolation=cv2.INTER_LINEAR, fit_output=True,
+                     border_mode=cv2.BORDER_CONSTANT, fill=WHITE, p=0.3),
+            A.GaussianBlur(blur_limit=(3, 3), sigma_limit=(0.2, 0.7), p=0.2),
+            A.RandomBrightnessContrast(brightness_limit=(-0.1, 0.05), contrast_limit=(-0.2, 0.05), p=0.3),
+        ])
+    if level != "full":
+        raise ValueError(f"augmentation level must be 'light' or 'full', got {level!r}")
     return A.Compose([
         A.Affine(scale=(0.85, 1.1), rotate=(-1.0, 1.0), shear={"x": (-3.0, 3.0), "y": (-1.0, 1.0)},
                  interpolation=cv2.INTER_LINEAR, fit_output=True, border_mode=cv2.BORDER_CONSTANT,

@@ -38,10 +38,13 @@ class FastCache:
     self_kv: list[tuple[Tensor, Tensor]]  # [B, H, capacity, D] each, filled up to `length`
     cross_kv: list[tuple[Tensor, Tensor]]  # [B, H, N, D] each: the image memory, projected once
     length: int
+    cross_mask: Tensor | None = None  # [B, 1, 1, N] bool: memory rows to attend to (None: all)
 
     def reorder(self, index: Tensor) -> None:
         """Rows ``index`` [B'] of the self-attention cache become the new rows (beam search)."""
         self.self_kv = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.self_kv]
+        if self.cross_mask is not None:
+            self.cross_mask = self.cross_mask.index_select(0, index)
 
 
 @dataclass
@@ -89,11 +92,13 @@ class FastStep:
 
     # -- the step ------------------------------------------------------------------------------
     @torch.no_grad()
-    def __call__(self, tokens: Tensor, memory: Tensor, cache: FastCache | None) -> tuple[Tensor, FastCache]:
+    def __call__(self, tokens: Tensor, memory: Tensor, cache: FastCache | None,
+                 memory_mask: Tensor | None = None) -> tuple[Tensor, FastCache]:
         if tokens.shape[1] != 1:
             raise ValueError(f"the fast step decodes one token at a time, got {tokens.shape[1]}")
         if cache is None:
             cache = self._new_cache(memory)
+            cache.cross_mask = None if memory_mask is None else memory_mask[:, None, None, :]
         pos = cache.length
         if pos >= self.max_seq_len:
             raise ValueError(f"sequence length {pos + 1} exceeds max_seq_len {self.max_seq_len}")
@@ -107,6 +112,7 @@ class FastStep:
                 continue
             attn: Attention = layer.block
             q = _heads(F.linear(h, attn.to_q.weight), attn.heads)
+            mask = None  # one query: no later position to hide from it
             if layer.kind == SELF:
                 k_buf, v_buf = cache.self_kv[self_i]
                 k_buf[:, :, pos] = _heads(F.linear(h, attn.to_k.weight), attn.heads)[:, :, 0]
@@ -115,8 +121,9 @@ class FastStep:
                 self_i += 1
             else:
                 k, v = cache.cross_kv[cross_i]
+                mask = cache.cross_mask
                 cross_i += 1
-            out = F.scaled_dot_product_attention(q, k, v)  # one query: nothing later to mask
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
             x = x + attn.to_out(out.transpose(1, 2).reshape(out.shape[0], 1, -1))
         x = _layer_norm(self.final_norm, x)
         cache.length = pos + 1

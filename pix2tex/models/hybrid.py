@@ -10,7 +10,9 @@ embedding (position codes, class token, blocks) is shared with the plain ViT in
 
 from __future__ import annotations
 
-from timm.layers import HybridEmbed, StdConv2dSame
+from functools import partial
+
+from timm.layers import BatchNormAct2d, GroupNormAct, HybridEmbed, StdConv2dSame
 from timm.models.resnetv2 import ResNetV2
 from torch import nn
 
@@ -27,9 +29,12 @@ def min_patch_size(backbone_layers: list[int]) -> int:
 
 def build_backbone(cfg: ModelConfig) -> ResNetV2:
     """ResNetV2 without classifier head or pooling: [B, C, H, W] -> [B, F, H/m, W/m], m = min_patch_size."""
+    widths = {"channels": tuple(cfg.backbone_channels)} if cfg.backbone_channels else {}
+    norm = BatchNormAct2d if cfg.backbone_norm == "batch" else partial(GroupNormAct, num_groups=32)
     return ResNetV2(
         layers=list(cfg.backbone_layers), num_classes=0, global_pool="", in_chans=cfg.channels,
-        preact=False, stem_type="same", conv_layer=StdConv2dSame,
+        preact=False, stem_type="same", conv_layer=StdConv2dSame, stem_chs=cfg.stem_channels,
+        norm_layer=norm, **widths,
     )
 
 

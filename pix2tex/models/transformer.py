@@ -139,20 +139,23 @@ class TextDecoder(nn.Module):
         # The lean step (models/fast_step.py), built on first use; False once found not to apply.
         self._fast_step: FastStep | None | bool = None
 
-    def forward(self, tokens: Tensor, memory: Tensor) -> Tensor:
-        """Teacher forcing: logits [B, T, V] for the token after each position of ``tokens`` [B, T]."""
+    def forward(self, tokens: Tensor, memory: Tensor, memory_mask: Tensor | None = None) -> Tensor:
+        """Teacher forcing: logits [B, T, V] for the token after each position of ``tokens`` [B, T].
+
+        ``memory_mask`` [B, N] (True = attend) hides padded image patches from cross-attention.
+        """
         if tokens.shape[1] > self.max_seq_len:
             raise ValueError(f"token sequence of length {tokens.shape[1]} exceeds max_seq_len {self.max_seq_len}")
-        return self.net(tokens, context=memory)
+        return self.net(tokens, context=memory, context_mask=memory_mask)
 
-    def step(self, tokens: Tensor, memory: Tensor,
-             cache: LayerIntermediates | None) -> tuple[Tensor, LayerIntermediates]:
+    def step(self, tokens: Tensor, memory: Tensor, cache: LayerIntermediates | None,
+             memory_mask: Tensor | None = None) -> tuple[Tensor, LayerIntermediates]:
         """One cached decoding step: logits [B, V] after the new ``tokens`` [B, n], and the cache extended by them.
 
         ``cache`` is None for the first step (then ``tokens`` is the prompt, usually just BOS).
         """
-        logits, cache = self.net(tokens, context=memory, cache=cache, input_not_include_cache=True,
-                                 return_intermediates=True)
+        logits, cache = self.net(tokens, context=memory, context_mask=memory_mask, cache=cache,
+                                 input_not_include_cache=True, return_intermediates=True)
         return logits[:, -1], cache
 
     def _stepper(self, memory: Tensor, fast: bool):
@@ -175,7 +178,8 @@ class TextDecoder(nn.Module):
     @torch.no_grad()
     def generate(self, memory: Tensor, *, max_new_tokens: int | None = None, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, stop_at_eos: bool = True,
-                 use_cache: bool = True, fast: bool = True, generator: torch.Generator | None = None) -> Generation:
+                 use_cache: bool = True, fast: bool = True, generator: torch.Generator | None = None,
+                 memory_mask: Tensor | None = None) -> Generation:
         """Greedy (temperature 0) or sampled decoding from BOS for every memory row.
 
         A sequence ends at its EOS and is PAD-filled afterwards; the loop ends when all have
@@ -192,9 +196,9 @@ class TextDecoder(nn.Module):
         cache, step = None, self._stepper(memory, fast) if use_cache else None
         for _ in range(steps):
             if use_cache:
-                logits, cache = step(tokens[:, -1:], memory, cache)
+                logits, cache = step(tokens[:, -1:], memory, cache, memory_mask)
             else:
-                logits = self.net(tokens, context=memory)[:, -1]
+                logits = self.net(tokens, context=memory, context_mask=memory_mask)[:, -1]
             logprobs = generation_logprobs(logits)
             nxt = choose_tokens(logprobs, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
             nxt = nxt.masked_fill(ended, PAD_ID)
@@ -210,7 +214,7 @@ class TextDecoder(nn.Module):
 
     @torch.no_grad()
     def beam_search(self, memory: Tensor, *, beam_size: int, max_new_tokens: int | None = None,
-                    length_penalty: float = 1.0, fast: bool = True) -> Generation:
+                    length_penalty: float = 1.0, fast: bool = True, memory_mask: Tensor | None = None) -> Generation:
         """Length-normalised beam search, batched over memory rows.
 
         A hypothesis scores ``sum(logprob) / len ** length_penalty`` (len counts EOS).  An EOS
@@ -229,6 +233,8 @@ class TextDecoder(nn.Module):
         steps = self._max_new_tokens(max_new_tokens)
         batch, k, vocab, device = memory.shape[0], beam_size, self.num_tokens, memory.device
         memory = memory.repeat_interleave(k, dim=0)  # row b*k + j is beam j of image b
+        if memory_mask is not None:
+            memory_mask = memory_mask.repeat_interleave(k, dim=0)
         tokens = torch.full((batch * k, 1), BOS_ID, dtype=torch.long, device=device)
         # All beams start as the same BOS; only beam 0 is alive so the first step does not pick duplicates.
         scores = torch.full((batch, k), float("-inf"), device=device)
@@ -238,7 +244,7 @@ class TextDecoder(nn.Module):
         row_base = torch.arange(batch, device=device)[:, None] * k
         cache, step_fn = None, self._stepper(memory, fast)
         for step in range(steps):
-            logits, cache = step_fn(tokens[:, -1:], memory, cache)
+            logits, cache = step_fn(tokens[:, -1:], memory, cache, memory_mask)
             candidates = (scores[..., None] + generation_logprobs(logits).view(batch, k, vocab)).view(batch, k * vocab)
             cand_sum, cand_idx = candidates.topk(min(2 * k, k * vocab), dim=1)
             cand_beam, cand_token = cand_idx // vocab, cand_idx % vocab

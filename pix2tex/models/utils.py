@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from pix2tex.config import ModelConfig
 from pix2tex.models.hybrid import build_hybrid_encoder
 from pix2tex.models.transformer import Generation, TextDecoder
-from pix2tex.models.vit import ImageEncoder, build_vit_encoder
+from pix2tex.models.vit import ImageEncoder, build_vit_encoder, patch_mask
 from pix2tex.tokenizer import PAD_ID
 
 __all__ = ["ModelOutput", "Model", "get_model", "count_parameters", "model_summary"]
@@ -37,32 +37,49 @@ class Model(nn.Module):
         self.decoder = decoder
         self.cfg = cfg
 
-    def encode(self, images: Tensor) -> Tensor:
-        """Images [B, channels, H, W] -> memory [B, N, dim]."""
-        return self.encoder(images)
+    def memory_mask(self, images: Tensor, sizes: Tensor | None) -> Tensor | None:
+        """The padding mask of the memory rows (None: every row is attended to).
 
-    def forward(self, images: Tensor, targets: Tensor) -> ModelOutput:
+        Only models built with ``mask_padding`` use it; ``sizes`` [B, 2] are the images' (height,
+        width) before padding to the batch's canvas.
+        """
+        if not self.cfg.mask_padding or sizes is None:
+            return None
+        return patch_mask(images, sizes, self.cfg.patch_size)
+
+    def encode(self, images: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Images [B, channels, H, W] -> memory [B, N, dim] (padded patches hidden where ``mask`` says)."""
+        return self.encoder(images, mask)
+
+    def forward(self, images: Tensor, targets: Tensor, sizes: Tensor | None = None,
+                label_smoothing: float = 0.0) -> ModelOutput:
         """Teacher-forced logits for ``targets[:, 1:]`` given ``targets[:, :-1]``, and their loss."""
         _check_targets(targets, images.shape[0] if isinstance(images, Tensor) else None)
-        logits = self.decoder(targets[:, :-1], self.encode(images))
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets[:, 1:].reshape(-1), ignore_index=PAD_ID)
+        mask = self.memory_mask(images, sizes)
+        logits = self.decoder(targets[:, :-1], self.encode(images, mask), mask)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets[:, 1:].reshape(-1), ignore_index=PAD_ID,
+                               label_smoothing=label_smoothing)
         return ModelOutput(logits=logits, loss=loss)
 
     @torch.no_grad()
-    def generate(self, images: Tensor, *, max_new_tokens: int | None = None, temperature: float = 0.0,
-                 top_k: int | None = None, top_p: float | None = None, stop_at_eos: bool = True,
-                 use_cache: bool = True, generator: torch.Generator | None = None) -> Generation:
+    def generate(self, images: Tensor, *, sizes: Tensor | None = None, max_new_tokens: int | None = None,
+                 temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                 stop_at_eos: bool = True, use_cache: bool = True,
+                 generator: torch.Generator | None = None) -> Generation:
         """Greedy (default) or sampled LaTeX ids for each image; see :meth:`TextDecoder.generate`."""
+        mask = self.memory_mask(images, sizes)
         return self.decoder.generate(
-            self.encode(images), max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-            top_p=top_p, stop_at_eos=stop_at_eos, use_cache=use_cache, generator=generator)
+            self.encode(images, mask), memory_mask=mask, max_new_tokens=max_new_tokens, temperature=temperature,
+            top_k=top_k, top_p=top_p, stop_at_eos=stop_at_eos, use_cache=use_cache, generator=generator)
 
     @torch.no_grad()
-    def beam_search(self, images: Tensor, *, beam_size: int, max_new_tokens: int | None = None,
-                    length_penalty: float = 1.0) -> Generation:
+    def beam_search(self, images: Tensor, *, beam_size: int, sizes: Tensor | None = None,
+                    max_new_tokens: int | None = None, length_penalty: float = 1.0) -> Generation:
         """Length-normalised beam search for each image; see :meth:`TextDecoder.beam_search`."""
+        mask = self.memory_mask(images, sizes)
         return self.decoder.beam_search(
-            self.encode(images), beam_size=beam_size, max_new_tokens=max_new_tokens, length_penalty=length_penalty)
+            self.encode(images, mask), memory_mask=mask, beam_size=beam_size, max_new_tokens=max_new_tokens,
+            length_penalty=length_penalty)
 
 
 def _check_targets(targets: Tensor, batch: int | None) -> None:

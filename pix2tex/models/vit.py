@@ -21,8 +21,11 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from pix2tex.config import ModelConfig
+from pix2tex.dataset.transforms import MEAN, STD
 
-__all__ = ["GridPositionEmbedding", "ImageEncoder", "check_images", "build_vit_encoder"]
+WHITE_INPUT = (1.0 - MEAN) / STD  # a white pixel after to_batch's normalization
+
+__all__ = ["GridPositionEmbedding", "ImageEncoder", "check_images", "build_vit_encoder", "patch_mask"]
 
 
 def check_images(images: Tensor, cfg: ModelConfig) -> None:
@@ -42,6 +45,21 @@ def check_images(images: Tensor, cfg: ModelConfig) -> None:
     if height > cfg.max_height or width > cfg.max_width:
         raise ValueError(
             f"image size {height}x{width} exceeds the model's maximum {cfg.max_height}x{cfg.max_width}")
+
+
+def patch_mask(images: Tensor, sizes: Tensor, patch_size: int) -> Tensor:
+    """Which memory rows hold an image's own pixels: bool [B, 1 + h*w] (class token first, always kept).
+
+    ``sizes`` [B, 2] are the (height, width) of each image before it was padded to the batch's
+    canvas (top-left placement); a patch is kept when it holds at least one of those pixels.
+    """
+    _, _, height, width = images.shape
+    rows = torch.arange(0, height, patch_size, device=images.device)
+    cols = torch.arange(0, width, patch_size, device=images.device)
+    sizes = sizes.to(images.device)
+    inside = (rows[None, :, None] < sizes[:, 0, None, None]) & (cols[None, None, :] < sizes[:, 1, None, None])
+    keep_cls = torch.ones(images.shape[0], 1, dtype=torch.bool, device=images.device)
+    return torch.cat((keep_cls, inside.flatten(1)), dim=1)
 
 
 class GridPositionEmbedding(nn.Module):
@@ -75,9 +93,16 @@ class ImageEncoder(nn.Module):
         self.vit = vit
         self.cfg = cfg
 
-    def forward(self, images: Tensor) -> Tensor:
+    def forward(self, images: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``mask`` (from :func:`patch_mask`) hides padded patches from every attention block."""
         check_images(images, self.cfg)
-        return self.vit.forward_features(images)
+        if self.cfg.mask_padding:
+            # White paper becomes 0, the value convolutions pad the canvas with: the pixels around an
+            # image then look the same whether its canvas ends there or a batch's padding follows.
+            images = images - WHITE_INPUT
+        if mask is None:
+            return self.vit.forward_features(images)
+        return self.vit.forward_features(images, attn_mask=mask[:, None, None, :])
 
 
 def make_vision_transformer(cfg: ModelConfig, patches: Callable[..., nn.Module], patch_size: int) -> VisionTransformer:
