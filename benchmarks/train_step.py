@@ -1,0 +1,229 @@
+"""Where a training step's time goes, part by part, and the same step beside the public pix2tex 0.1.4.
+
+    python -m benchmarks.train_step --profile [--configs default,seed,recipe] [--data DATA_DIR] --json
+    python -m benchmarks.train_step --compare --pix2tex-python /path/to/venv014/bin/python --json
+
+``--profile``: for each model config, one JSON line per part of a step on batch 32 of 64x320 images
+and 48 target tokens (random weights, fp32, ``--threads``): CNN backbone, ViT blocks, decoder, loss
+(forward + backward each, on detached inputs), the AdamW step, and the whole step; with ``--data``
+also the data path (loading, augmentation and preprocessing of one real training batch of 32, as a
+DataLoader worker does it).  Medians of 5 runs after 1 warm-up.
+
+``--compare``: the whole step (zero_grad, forward, backward, clip, AdamW) of our configs and of
+``pix2tex==0.1.4``'s model (its own venv: it pins timm 0.5.4 and x-transformers 0.15.0; random
+weights) on the same work, in one run, so the ratio is measured on one machine at one time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.models import seed_config
+from pix2tex.config import ModelConfig, load_config
+
+REPO = Path(__file__).resolve().parent.parent
+BATCH, HEIGHT, WIDTH, TOKENS = 32, 64, 320, 48
+
+
+def configs() -> dict[str, ModelConfig]:
+    """The configs compared: seed-sized, the first bundled recipe (default.yaml) and the race's recipe."""
+    default = load_config(REPO / "pix2tex" / "model" / "settings" / "default.yaml", check_files=False).model
+    recipe = load_config(REPO / "pix2tex" / "model" / "settings" / "recipe.yaml", check_files=False).model
+    return {"seed": seed_config(), "default": default, "recipe": recipe}
+
+
+def median_time(fn, repeats: int = 5, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _inputs(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(BATCH, 1, HEIGHT, WIDTH, generator=g)
+    targets = torch.randint(4, cfg.num_tokens, (BATCH, TOKENS), generator=g)
+    return images, targets
+
+
+def whole_step(cfg: ModelConfig):
+    """A closure running one full training step of ``cfg`` on fixed inputs."""
+    from pix2tex.models import get_model
+
+    torch.manual_seed(0)
+    model = get_model(cfg).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    images, targets = _inputs(cfg)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        model(images, targets).loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+
+    return step
+
+
+def profile(name: str, cfg: ModelConfig, data: Path | None) -> list[dict]:
+    import torch.nn.functional as F
+
+    from pix2tex.models import get_model
+
+    torch.manual_seed(0)
+    model = get_model(cfg).train()
+    images, targets = _inputs(cfg)
+    vit = model.encoder.vit
+    rows: dict[str, float] = {}
+
+    if cfg.encoder_structure == "hybrid":
+        backbone = vit.patch_embed.patches.backbone
+        rows["backbone"] = median_time(lambda: backbone(images).float().mean().backward())
+    with torch.no_grad():
+        tokens0 = vit.patch_embed(images)
+    tokens0 = torch.cat((vit.cls_token.expand(BATCH, -1, -1), tokens0), dim=1)
+
+    def blocks():
+        x = tokens0.detach().requires_grad_()
+        vit.norm(vit.blocks(x)).mean().backward()
+
+    rows["vit_blocks"] = median_time(blocks)
+    with torch.no_grad():
+        memory0 = model.encode(images)
+
+    def decoder():
+        memory = memory0.detach().requires_grad_()
+        model.decoder(targets[:, :-1], memory).mean().backward()
+
+    rows["decoder"] = median_time(decoder)
+    with torch.no_grad():
+        logits0 = model.decoder(targets[:, :-1], memory0)
+
+    def loss():
+        logits = logits0.detach().requires_grad_()
+        F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets[:, 1:].reshape(-1)).backward()
+
+    rows["loss"] = median_time(loss)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    rows["optimizer"] = median_time(optimizer.step)
+    rows["whole_step"] = median_time(whole_step(cfg))
+    if data is not None:
+        rows["data_path"] = _data_path_time(cfg, data)
+    return [{"bench": "train_step_profile", "config": name, "part": part, "median_s": round(t, 4),
+             "share_of_step": round(t / rows["whole_step"], 3), "threads": torch.get_num_threads()}
+            for part, t in rows.items()]
+
+
+def _data_path_time(cfg: ModelConfig, data: Path) -> float:
+    """One training batch of 32 real samples: decode, augment, preprocess, tokenize (a worker's job)."""
+    from pix2tex.dataset.dataset import Im2LatexDataset
+
+    ds = Im2LatexDataset.load(data / "train.pkl", tokenizer=data / "tokenizer.json")
+    ds.update(batchsize=BATCH, shuffle=True, test=False, max_seq_len=cfg.max_seq_len,
+              max_dimensions=(cfg.max_width, cfg.max_height), patch_size=cfg.patch_size)
+    batches = ds.batches(0)[:6]
+    k = iter(range(len(batches)))
+    return median_time(lambda: ds.prepare_data(batches[next(k)], augment_seed=1))
+
+
+PIX2TEX_014 = r"""
+import json, statistics, sys, time, torch
+from munch import Munch
+from pix2tex.models import get_model
+torch.set_num_threads(int(sys.argv[1]))
+args = Munch(dict(encoder_structure="hybrid", backbone_layers=[2, 3, 7], channels=1, dim=256, encoder_depth=4,
+    heads=8, num_layers=4, num_tokens=8000, patch_size=16, max_height=192, max_width=672, max_seq_len=512,
+    decoder_args={"attn_on_attn": True, "cross_attend": True, "ff_glu": True, "rel_pos_bias": False,
+                  "use_scalenorm": False},
+    pad_token=0, bos_token=1, eos_token=2, temperature=0.2, device="cpu", min_height=32, min_width=32,
+    emb_dropout=0, wandb=False))
+torch.manual_seed(0)
+model = get_model(args).train()
+opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+g = torch.Generator().manual_seed(0)
+images = torch.randn(32, 1, 64, 320, generator=g)
+tgt = torch.randint(4, 8000, (32, 48), generator=g)
+mask = torch.ones_like(tgt, dtype=torch.bool)
+def step():
+    opt.zero_grad(set_to_none=True)
+    encoded = model.encoder(images)
+    loss = model.decoder(tgt, context=encoded, mask=mask)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+step()
+times = []
+for _ in range(5):
+    t = time.perf_counter(); step(); times.append(time.perf_counter() - t)
+print(json.dumps({"median_s": statistics.median(times), "params": sum(p.numel() for p in model.parameters())}))
+"""
+
+
+def compare(pix2tex_python: str, names: list[str]) -> list[dict]:
+    """Whole-step times of our configs and of pix2tex 0.1.4's seed model, interleaved in one run."""
+    threads = torch.get_num_threads()
+    out = []
+    # Run outside the repository so that its own `pix2tex` package, not ours, is imported.
+    theirs = subprocess.run([pix2tex_python, "-c", PIX2TEX_014, str(threads)], capture_output=True, text=True,
+                            check=True, cwd="/")
+    ref = json.loads(theirs.stdout.strip().splitlines()[-1])
+    out.append({"bench": "train_step_compare", "impl": "pix2tex-0.1.4", "config": "seed",
+                "params_m": round(ref["params"] / 1e6, 2), "median_s": round(ref["median_s"], 4),
+                "samples_per_s": round(BATCH / ref["median_s"], 2), "threads": threads})
+    from pix2tex.models import count_parameters, get_model
+
+    for name in names:
+        cfg = configs()[name]
+        t = median_time(whole_step(cfg))
+        params = count_parameters(get_model(cfg))["total"]
+        out.append({"bench": "train_step_compare", "impl": "ours", "config": name, "params_m": round(params / 1e6, 2),
+                    "median_s": round(t, 4), "samples_per_s": round(BATCH / t, 2),
+                    "speedup_vs_pix2tex_seed": round(ref["median_s"] / t, 2), "threads": threads})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.train_step", description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", action="store_true", help="time each part of a step")
+    parser.add_argument("--compare", action="store_true", help="whole steps beside pix2tex 0.1.4")
+    parser.add_argument("--configs", default="seed,default,recipe")
+    parser.add_argument("--data", type=Path, help="create_data.sh output: also time the data path")
+    parser.add_argument("--pix2tex-python", help="python of a venv with pix2tex==0.1.4 (for --compare)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", action="store_true", help="JSON lines (the default output anyway)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    names = [n for n in args.configs.split(",") if n]
+    unknown = [n for n in names if n not in configs()]
+    if unknown:
+        parser.error(f"unknown config(s) {unknown}; known: {sorted(configs())}")
+    rows: list[dict] = []
+    if args.profile:
+        for name in names:
+            rows += profile(name, configs()[name], args.data)
+    if args.compare:
+        if not args.pix2tex_python:
+            parser.error("--compare needs --pix2tex-python")
+        rows += compare(args.pix2tex_python, names)
+    if not rows:
+        parser.error("give --profile and/or --compare")
+    for row in rows:
+        print(json.dumps(row), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
