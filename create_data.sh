@@ -10,6 +10,8 @@
 # OUT_DIR/tokenizer_tokens.json (one id per LaTeX token; the datasets work with either), and one
 # OUT_DIR/valid_<name>.pkl and OUT_DIR/test_<name>.pkl per formula file (per-corpus validation
 # and scores).
+# A formula file whose render folder already has its labels.tsv (newer than the file) is not
+# rendered again, so an interrupted run continues; RERENDER=1 renders everything.
 # Settings through the environment: PYTHON (default .venv/bin/python if present), RENDER_ARGS
 # (extra renderer options, e.g. "--dpi 110 150 --workers 2"), SPLIT_ARGS (e.g. "--val 0.01").
 set -euo pipefail
@@ -38,9 +40,15 @@ mkdir -p "$out"
 labels=()
 for f in "${files[@]}"; do
     name=$(basename "$f" .txt)
-    echo "== render $f -> $out/render/$name"
-    # shellcheck disable=SC2086
-    "$python" -m pix2tex.dataset.render --formulas "$f" --out "$out/render/$name" ${RENDER_ARGS:-}
+    if [ -z "${RERENDER:-}" ] && [ "$out/render/$name/labels.tsv" -nt "$f" ]; then
+        # A finished render of this file exists (labels.tsv is written last): a re-run after an
+        # interruption continues from here.  RERENDER=1 renders again.
+        echo "== render $f: kept $out/render/$name (finished before; RERENDER=1 renders again)"
+    else
+        echo "== render $f -> $out/render/$name"
+        # shellcheck disable=SC2086
+        "$python" -m pix2tex.dataset.render --formulas "$f" --out "$out/render/$name" ${RENDER_ARGS:-}
+    fi
     labels+=("$out/render/$name/labels.tsv")
 done
 
