@@ -33,7 +33,7 @@ BASE_CONFIG = REPO / "pix2tex" / "model" / "settings" / "default.yaml"
 SAMPLE = REPO.parent / "shared" / "data" / "images" / "im2latex_sample"
 
 NARROW = {"backbone_channels": [64, 128, 256], "stem_channels": 32, "backbone_norm": "batch", "mask_padding": True}
-TOKENS = {"tokenizer": "{data}/tokenizer_tokens.json", "num_tokens": 1024}
+TOKENS = {"tokenizer": "{data}/tokenizer_tokens.json", "num_tokens": 640}
 SCHEDULE = {"scheduler": "WarmupCosine", "max_lr": 2e-3, "warmup_steps": 400, "min_lr": 2e-5,
             "max_steps": 60000, "label_smoothing": 0.1}
 
@@ -63,7 +63,7 @@ CANDIDATES = [
     Candidate("narrow_tokens", {"max_steps": 4500, **NARROW, **TOKENS}),
     Candidate("recipe", {**NARROW, **TOKENS, **SCHEDULE}),
     Candidate("recipe_light_aug", {**NARROW, **TOKENS, **SCHEDULE}, [(24.0, {"augment_level": "light"})]),
-    Candidate("recipe_short_first", {**NARROW, **TOKENS, **SCHEDULE}, [(8.0, {"max_label_tokens": 48})]),
+    Candidate("recipe_short_first", {**NARROW, **TOKENS, **SCHEDULE}, [(4.0, {"max_label_tokens": 48})]),
 ]
 
 

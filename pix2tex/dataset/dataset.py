@@ -259,8 +259,29 @@ class Im2LatexDataset:
 
     @classmethod
     def load(cls, filename: str | os.PathLike, tokenizer: str | os.PathLike | None = None) -> "Im2LatexDataset":
-        """Read a dataset written by :meth:`save` (safe: plain data only)."""
-        data = load_pickle(filename)
+        """Read a dataset written by :meth:`save` (safe: plain data only).
+
+        Image folders (roots) may be relative: they are relative to the .pkl file's folder.
+        """
+        ds = cls.load_dict(load_pickle(filename), source=str(filename))
+        # A dataset moved together with its images still loads: try roots relative to the .pkl.
+        base = Path(filename).resolve().parent
+        for k, root in enumerate(ds.roots):
+            if not Path(root).is_absolute():
+                ds.roots[k] = str(base / root)
+            elif not Path(root).is_dir() and (base / Path(root).name).is_dir():
+                ds.roots[k] = str(base / Path(root).name)
+        tok, ds.tokenizer_path = tokenizer or ds.tokenizer_path, None
+        if tok is not None and Path(tok).is_file():
+            ds.set_tokenizer(tok)
+        elif tokenizer is not None:
+            raise DatasetError(f"{tokenizer}: tokenizer file not found")
+        return ds
+
+    @classmethod
+    def load_dict(cls, data: Any, source: str = "<dict>") -> "Im2LatexDataset":
+        """A dataset from :meth:`to_dict`'s plain data (no tokenizer loaded, roots as stored)."""
+        filename = source
         if not isinstance(data, dict) or data.get("format") != "pix2tex-dataset":
             raise DatasetError(f"{filename}: not a pix2tex dataset file")
         try:
@@ -276,18 +297,9 @@ class Im2LatexDataset:
             ds.glyphs = list(data.get("glyphs") or [None] * n)
             if len(ds.glyphs) != n:
                 raise DatasetError(f"{filename}: 'glyphs' has {len(ds.glyphs)} entries for {n} images")
+            ds.tokenizer_path = data.get("tokenizer")
         except (KeyError, TypeError) as exc:
             raise DatasetError(f"{filename}: malformed dataset file ({type(exc).__name__}: {exc})") from None
-        # A dataset moved together with its images still loads: try roots relative to the .pkl.
-        base = Path(filename).resolve().parent
-        for k, root in enumerate(ds.roots):
-            if not Path(root).is_dir() and (base / Path(root).name).is_dir():
-                ds.roots[k] = str(base / Path(root).name)
-        tok = tokenizer or data.get("tokenizer")
-        if tok is not None and Path(tok).is_file():
-            ds.set_tokenizer(tok)
-        elif tokenizer is not None:
-            raise DatasetError(f"{tokenizer}: tokenizer file not found")
         return ds
 
     # -- seed API -------------------------------------------------------------------------------
