@@ -2,12 +2,20 @@
 
     python -m benchmarks.train_step --profile [--configs default,seed,recipe] [--data DATA_DIR] --json
     python -m benchmarks.train_step --compare --pix2tex-python /path/to/venv014/bin/python --json
+    python -m benchmarks.train_step --levers --configs recipe --json
+    python -m benchmarks.train_step --throughput default,recipe,recipe_bf16 --data DATA_DIR --json
 
 ``--profile``: for each model config, one JSON line per part of a step on batch 32 of 64x320 images
 and 48 target tokens (random weights, fp32, ``--threads``): CNN backbone, ViT blocks, decoder, loss
 (forward + backward each, on detached inputs), the AdamW step, and the whole step; with ``--data``
 also the data path (loading, augmentation and preprocessing of one real training batch of 32, as a
 DataLoader worker does it).  Medians of 5 runs after 1 warm-up.
+
+``--levers``: the whole step with bf16 autocast on the CPU, channels_last, torch.compile, and with
+120 target tokens instead of 48.
+
+``--throughput``: real training runs (``python -m pix2tex.train``, DataLoader worker, augmentation)
+on the real dataset for ``--steps`` steps each, validation excluded: median samples/s.
 
 ``--compare``: the whole step (zero_grad, forward, backward, clip, AdamW) of our configs and of
 ``pix2tex==0.1.4``'s model (its own venv: it pins timm 0.5.4 and x-transformers 0.15.0; random
@@ -58,22 +66,52 @@ def _inputs(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
     return images, targets
 
 
-def whole_step(cfg: ModelConfig):
-    """A closure running one full training step of ``cfg`` on fixed inputs."""
+def whole_step(cfg: ModelConfig, lever: str = "none", tokens: int = TOKENS):
+    """A closure running one full training step of ``cfg`` on fixed inputs, with one speed lever:
+    "none", "bf16" (CPU autocast), "channels_last" (backbone memory format) or "compile" (torch.compile)."""
     from pix2tex.models import get_model
 
     torch.manual_seed(0)
     model = get_model(cfg).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     images, targets = _inputs(cfg)
+    targets = targets[:, :1].repeat(1, tokens) if tokens != targets.shape[1] else targets
+    forward = model
+    if lever == "channels_last":
+        model.encoder.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    elif lever == "compile":
+        forward = torch.compile(model, dynamic=False)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        model(images, targets).loss.backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=lever == "bf16"):
+            loss = forward(images, targets).loss
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
 
     return step
+
+
+def levers(name: str, cfg: ModelConfig) -> list[dict]:
+    """The whole step of ``cfg`` with each lever, side by side; also 120 target tokens (the length
+    of a typical im2latex formula in the word-level vocabulary)."""
+    rows = []
+    base = None
+    for lever, tokens in (("none", TOKENS), ("bf16", TOKENS), ("channels_last", TOKENS), ("compile", TOKENS),
+                          ("none", 120), ("bf16", 120)):
+        try:
+            t = median_time(whole_step(cfg, lever, tokens), warmup=2 if lever == "compile" else 1)
+        except Exception as exc:  # a lever this machine cannot use is reported, not fatal
+            rows.append({"bench": "train_step_lever", "config": name, "lever": lever, "tokens": tokens,
+                         "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"})
+            continue
+        base = t if (lever, tokens) == ("none", TOKENS) else base
+        rows.append({"bench": "train_step_lever", "config": name, "lever": lever, "tokens": tokens,
+                     "median_s": round(t, 4), "samples_per_s": round(BATCH / t, 2),
+                     "vs_plain_48": round(base / t, 3), "threads": torch.get_num_threads()})
+    return rows
 
 
 def profile(name: str, cfg: ModelConfig, data: Path | None) -> list[dict]:
@@ -195,10 +233,48 @@ def compare(pix2tex_python: str, names: list[str]) -> list[dict]:
     return out
 
 
+RECIPES = {  # end-to-end throughput: config file + overrides
+    "default": ("default.yaml", {}),
+    "recipe": ("recipe.yaml", {}),
+    "recipe_bf16": ("recipe.yaml", {"cpu_bf16": True}),
+}
+
+
+def throughput(names: list[str], data: Path, steps: int, threads: int) -> list[dict]:
+    """Samples/s of real training runs (``pix2tex.train`` on ``data``, DataLoader worker and
+    augmentation included, validation excluded): the median over steps 6..``steps``."""
+    import os
+    import tempfile
+
+    rows = []
+    for name in names:
+        file, overrides = RECIPES[name]
+        with tempfile.TemporaryDirectory() as tmp:
+            settings = {"data": f"{data}/train.pkl", "valdata": None, "testdata": None, "model_path": tmp,
+                        "name": "bench", "max_steps": steps, "log_every": 1, "sample_freq": 10**9, **overrides}
+            tokenizer = "tokenizer_tokens.json" if file == "recipe.yaml" else "tokenizer.json"
+            settings["tokenizer"] = f"{data}/{tokenizer}"
+            args = [sys.executable, "-m", "pix2tex.train", "--config", str(REPO / "pix2tex/model/settings" / file),
+                    "--no-progress"]
+            for key, value in settings.items():
+                args += ["--set", f"{key}={'null' if value is None else json.dumps(value) if not isinstance(value, str) else value}"]
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+            subprocess.run(args, check=True, capture_output=True, env=env, cwd=REPO)
+            records = [json.loads(line) for line in (Path(tmp) / "bench" / "metrics.jsonl").read_text().splitlines()]
+        rates = [r["samples_per_s"] for r in records if r["step"] > 5]
+        rows.append({"bench": "train_throughput", "recipe": name, "steps": steps,
+                     "samples_per_s": round(statistics.median(rates), 2), "threads": threads})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.train_step", description=__doc__.splitlines()[0])
     parser.add_argument("--profile", action="store_true", help="time each part of a step")
     parser.add_argument("--compare", action="store_true", help="whole steps beside pix2tex 0.1.4")
+    parser.add_argument("--levers", action="store_true", help="bf16 autocast, channels_last, torch.compile")
+    parser.add_argument("--throughput", help="comma-separated recipes (default,recipe,recipe_bf16): real "
+                                               "training runs on --data, samples/s")
+    parser.add_argument("--steps", type=int, default=60, help="training steps per --throughput run")
     parser.add_argument("--configs", default="seed,default,recipe")
     parser.add_argument("--data", type=Path, help="create_data.sh output: also time the data path")
     parser.add_argument("--pix2tex-python", help="python of a venv with pix2tex==0.1.4 (for --compare)")
@@ -214,12 +290,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         for name in names:
             rows += profile(name, configs()[name], args.data)
+    if args.throughput:
+        if args.data is None:
+            parser.error("--throughput needs --data")
+        rows += throughput(args.throughput.split(","), args.data.resolve(), args.steps, args.threads)
+    if args.levers:
+        for name in names:
+            rows += levers(name, configs()[name])
     if args.compare:
         if not args.pix2tex_python:
             parser.error("--compare needs --pix2tex-python")
         rows += compare(args.pix2tex_python, names)
     if not rows:
-        parser.error("give --profile and/or --compare")
+        parser.error("give --profile, --levers and/or --compare")
     for row in rows:
         print(json.dumps(row), flush=True)
     return 0

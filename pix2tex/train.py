@@ -145,6 +145,23 @@ def _weights_from(path: str) -> dict[str, torch.Tensor]:
     return load_resume_state(path)["model"]
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (oneDNN's check: avx512_bf16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _use_bf16(device: torch.device, cpu_bf16: bool) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if cpu_bf16 and not cpu_has_native_bf16():
+        print("note: cpu_bf16 is set but this CPU has no native bf16; training in fp32", file=sys.stderr)
+        return False
+    return cpu_bf16
+
+
 def _rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
     if torch.cuda.is_available():
@@ -235,7 +252,7 @@ def train(config: Config, resume: bool = False, device: torch.device | None = No
         """CPU seconds of the whole run so far: this process (all its threads) plus earlier ones."""
         return cpu_before + time.process_time() - cpu_start
 
-    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    use_bf16 = _use_bf16(device, t.cpu_bf16)
 
     def save_state(epoch_: int, batch_: int) -> None:
         save_resume_state(run_dir / "last.pt", {

@@ -170,7 +170,7 @@ def test_cpu_budget_stops_a_run_and_resume_counts_on(pipeline):
     args = ["-m", "pix2tex.train", "--config", str(DEBUG), "--no-progress", "--set", "data=train.pkl",
             "--set", "valdata=null", "--set", "tokenizer=tok.json", "--set", "name=budget",
             "--set", "max_steps=100000", "--set", "scheduler=WarmupCosine", "--set", "warmup_steps=5",
-            "--set", "label_smoothing=0.1", "--set", "max_label_tokens=20"]
+            "--set", "label_smoothing=0.1", "--set", "max_label_tokens=20", "--set", "cpu_bf16=true"]
     _run([*args, "--set", "max_cpu_minutes=0.1"], cwd=work)
     state = load_resume_state(work / "checkpoints" / "budget" / "last.pt")
     first_steps, first_cpu = state["step"], state["cpu_seconds"]
