@@ -41,6 +41,7 @@ def predict_main(argv: Sequence[str]) -> int:
     from tqdm.auto import tqdm
 
     from pix2tex.checkpoint import CheckpointError
+    from pix2tex.fileio import printable_name
     from pix2tex.inference import LatexOCR, expand_inputs
 
     sources = expand_inputs(args.images)
@@ -70,7 +71,7 @@ def predict_main(argv: Sequence[str]) -> int:
         elif len(sources) == 1:
             print(result.latex)
         else:
-            print(f"{name}\t{result.latex}")
+            print(f"{printable_name(name)}\t{result.latex}")  # a tab or newline in a name must not forge a line
     return 1 if failed else 0
 
 

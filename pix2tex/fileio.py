@@ -5,11 +5,62 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "replace_folder"]
+__all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "replace_folder", "read_limited",
+           "FileReadError", "MissingFileError", "printable_name"]
+
+
+class FileReadError(OSError):
+    """A file that must not or cannot be read; the message is one line naming it and the reason."""
+
+
+class MissingFileError(FileReadError, FileNotFoundError):
+    """The file does not exist."""
+
+
+def read_limited(path: str | os.PathLike, max_bytes: int, what: str = "file") -> bytes:
+    """The bytes of a regular file of at most ``max_bytes``.
+
+    Anything else is refused before reading: a FIFO or socket (would block), a device such as
+    /dev/zero or /dev/urandom (reads forever), a directory, or a file over the limit.  Symbolic
+    links are followed, but what they point to must be a regular file too.  The file is opened
+    non-blocking, so even opening a FIFO cannot hang, and at most ``max_bytes + 1`` bytes are read
+    (a file that grows while being read is refused, not read without end).
+    """
+    name = printable_name(str(path))
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise MissingFileError(f"{name}: no such {what}") from None
+    except OSError as exc:
+        raise FileReadError(f"{name}: cannot open {what} ({exc.strerror or exc})") from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise FileReadError(f"{name}: is a directory, not a {what}")
+        if not stat.S_ISREG(info.st_mode):
+            raise FileReadError(f"{name}: not a regular file (a device, FIFO or socket); refusing to read it")
+        if info.st_size > max_bytes:
+            raise FileReadError(f"{name}: {what} is {info.st_size:,} bytes, over the {max_bytes:,}-byte limit")
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as fh:
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise FileReadError(f"{name}: {what} grew past the {max_bytes:,}-byte limit while being read")
+    return data
+
+
+def printable_name(name: str) -> str:
+    """``name`` with control characters (newline, tab, escape, …) escaped, for one-line output."""
+    if name.isprintable():
+        return name
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in name)
 
 
 @contextlib.contextmanager

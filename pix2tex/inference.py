@@ -24,6 +24,7 @@ from PIL import Image
 
 from pix2tex.checkpoint import load_model_folder
 from pix2tex.dataset.transforms import to_batch
+from pix2tex.fileio import printable_name
 from pix2tex.normalize import normalize
 from pix2tex.preprocess import load_image, prepare
 
@@ -116,7 +117,7 @@ class LatexOCR:
                 prepared.append((k, self.prepare(img), time.perf_counter() - start))
             except (ValueError, OSError) as exc:
                 message = str(exc)
-                name = _name(img, k)
+                name = printable_name(_name(img, k))  # error messages stay one line
                 if not message.startswith(name):
                     message = f"{name}: {message}"
                 results[k] = Prediction(_name(img, k), None, error=message.splitlines()[0])

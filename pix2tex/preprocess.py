@@ -23,11 +23,12 @@ import io
 import math
 import os
 import warnings
-from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from pix2tex.fileio import FileReadError, printable_name, read_limited
 
 __all__ = [
     "ImageLoadError", "BlankImageError",
@@ -37,6 +38,7 @@ __all__ = [
 ]
 
 MAX_PIXELS = 60_000_000
+MAX_FILE_BYTES = 200 * 2**20  # an image file larger than this is refused before it is read
 """Largest image (width x height) that :func:`load_image` decodes; checked from the header."""
 
 MARGIN = 3
@@ -74,7 +76,7 @@ class BlankImageError(ImageLoadError):
 def _describe(source: object) -> str:
     """Name of a source for error messages (a path as given, else its kind)."""
     if isinstance(source, (str, os.PathLike)):
-        return os.fspath(source)
+        return printable_name(os.fspath(source))  # a newline in a file name must not forge a line
     if isinstance(source, (bytes, bytearray, memoryview)):
         return "<bytes>"
     return "<image>"
@@ -83,16 +85,13 @@ def _describe(source: object) -> str:
 def _read_source(source: str | os.PathLike | bytes, name: str) -> bytes:
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
+        if len(data) > MAX_FILE_BYTES:
+            raise ImageLoadError(f"{name}: {len(data):,} bytes, over the {MAX_FILE_BYTES:,}-byte limit")
     else:
-        path = Path(source)
-        if not path.exists():
-            raise ImageLoadError(f"{name}: no such file")
-        if path.is_dir():
-            raise ImageLoadError(f"{name}: is a directory, not an image file")
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ImageLoadError(f"{name}: cannot read file ({exc.strerror or exc})") from None
+        try:  # regular files only (not /dev/zero, a FIFO, ...), at most MAX_FILE_BYTES
+            data = read_limited(source, MAX_FILE_BYTES, "file")
+        except FileReadError as exc:
+            raise ImageLoadError(str(exc)) from None
     if not data:
         raise ImageLoadError(f"{name}: empty file")
     return data

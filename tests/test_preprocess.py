@@ -455,3 +455,42 @@ def test_crisp_tex_renders_at_different_dpi_prepare_to_the_same_size(tmp_path: P
     # Glyphs land near the training size: the result is as tall as at ~100 dpi (12 pt), the
     # resolution at which this TeX setup matches the im2latex renders.
     assert h_low == pytest.approx(low.height * 100 / 150, rel=0.2)
+
+
+@pytest.mark.parametrize("kind", ["dev_zero", "dev_urandom", "fifo"])
+def test_special_files_are_refused_without_hanging(tmp_path: Path, kind: str) -> None:
+    import os
+
+    from pix2tex.dataset.dataset import load_image_gray
+
+    path = tmp_path / "formula.png"
+    if kind == "fifo":
+        os.mkfifo(path)  # opening it for reading would block until a writer came
+    else:
+        path.symlink_to("/dev/zero" if kind == "dev_zero" else "/dev/urandom")
+    with pytest.raises(ImageLoadError, match=r"formula\.png: not a regular file") as info:
+        load_image(path)
+    assert "\n" not in str(info.value)
+    with pytest.raises(OSError, match="not a regular file"):
+        load_image_gray(path)
+
+
+def test_oversized_file_is_refused_before_reading(tmp_path: Path, monkeypatch) -> None:
+    import pix2tex.preprocess as pre
+
+    monkeypatch.setattr(pre, "MAX_FILE_BYTES", 1000)
+    big = tmp_path / "big.png"
+    big.write_bytes(SAMPLE.read_bytes() + b"\0" * 2000)
+    with pytest.raises(ImageLoadError, match=r"big\.png: file is [\d,]+ bytes, over the 1,000-byte limit"):
+        load_image(big)
+    with pytest.raises(ImageLoadError, match="over the 1,000-byte limit"):
+        load_image(big.read_bytes())
+
+
+def test_control_characters_in_names_stay_on_one_line(tmp_path: Path) -> None:
+    sneaky = tmp_path / "a\nb\tc.png"
+    sneaky.write_bytes(b"not an image")
+    with pytest.raises(ImageLoadError) as info:
+        load_image(sneaky)
+    assert "\n" not in str(info.value) and "\t" not in str(info.value)
+    assert "a\\nb\\tc.png: not an image" in str(info.value)

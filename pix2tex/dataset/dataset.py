@@ -35,9 +35,10 @@ from PIL import Image, UnidentifiedImageError
 
 from pix2tex.config import ConfigError, check_corpus_weights
 from pix2tex.dataset.transforms import test_transform, to_batch, train_transform
-from pix2tex.fileio import atomic_path
+from pix2tex.fileio import atomic_path, read_limited
 from pix2tex.normalize import normalize
-from pix2tex.preprocess import DEFAULT_GLYPH_HEIGHT, MARGIN, crop_to_content, estimate_glyph_height, prepare
+from pix2tex.preprocess import (DEFAULT_GLYPH_HEIGHT, MARGIN, MAX_FILE_BYTES, crop_to_content, estimate_glyph_height,
+                                prepare)
 from pix2tex.tokenizer import LatexTokenizer
 
 __all__ = [
@@ -80,8 +81,11 @@ def load_pickle(path: str | os.PathLike) -> Any:
 
 # -- images and labels ------------------------------------------------------------------------------
 def load_image_gray(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file to a grayscale uint8 array (alpha composited over white)."""
-    with Image.open(path) as im:
+    """Decode an image file to a grayscale uint8 array (alpha composited over white).
+
+    Only regular files of at most MAX_FILE_BYTES are read (see :func:`pix2tex.fileio.read_limited`).
+    """
+    with Image.open(io.BytesIO(read_limited(path, MAX_FILE_BYTES, "file"))) as im:
         im.load()
         if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
             rgba = im.convert("RGBA")
