@@ -28,8 +28,8 @@ def read_limited(path: str | os.PathLike, max_bytes: int, what: str = "file") ->
     Anything else is refused before reading: a FIFO or socket (would block), a device such as
     /dev/zero or /dev/urandom (reads forever), a directory, or a file over the limit.  Symbolic
     links are followed, but what they point to must be a regular file too.  The file is opened
-    non-blocking, so even opening a FIFO cannot hang, and at most ``max_bytes + 1`` bytes are read
-    (a file that grows while being read is refused, not read without end).
+    non-blocking, so even opening a FIFO cannot hang, and at most one byte more than its size is
+    read (a file that grows while being read is refused, not read without end).
     """
     name = printable_name(str(path))
     try:
@@ -50,9 +50,9 @@ def read_limited(path: str | os.PathLike, max_bytes: int, what: str = "file") ->
         os.close(fd)
         raise
     with os.fdopen(fd, "rb") as fh:
-        data = fh.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise FileReadError(f"{name}: {what} grew past the {max_bytes:,}-byte limit while being read")
+        data = fh.read(info.st_size + 1)  # never a buffer larger than the file said it was
+    if len(data) > info.st_size:
+        raise FileReadError(f"{name}: {what} grew while being read; refusing it")
     return data
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import shutil
@@ -156,8 +157,14 @@ def test_crafted_pickle_cannot_run_code(tmp_path):
 
     path = tmp_path / "evil.pkl"
     path.write_bytes(pickle.dumps({"format": "pix2tex-dataset", "x": Exploit()}))
-    with pytest.raises(DatasetError, match=r"refusing to load subprocess.call"):
+    with pytest.raises(DatasetError, match=r"opcode STACK_GLOBAL at byte \d+ is not plain data"):
         Im2LatexDataset.load(path)
+    assert not marker.exists()
+    # The unpickler refuses it as well, without the opcode check in front of it.
+    from pix2tex.dataset.dataset import _PlainUnpickler
+
+    with pytest.raises(pickle.UnpicklingError, match=r"refusing to load subprocess.call"):
+        _PlainUnpickler(io.BytesIO(path.read_bytes())).load()
     assert not marker.exists()
     (tmp_path / "junk.pkl").write_bytes(b"\x80\x05junk")
     with pytest.raises(DatasetError, match="junk.pkl"):
@@ -352,3 +359,56 @@ def test_batches_carry_each_images_size_inside_the_canvas(sample):
     _, _, height, width = batch.images.shape
     assert (batch.sizes[:, 0] <= height).all() and (batch.sizes[:, 1] <= width).all()
     assert int(batch.sizes[:, 1].max()) > width - 16  # the widest image fills the canvas up to its padding
+
+
+# Hostile dataset files (issue 16): each is loaded in a child process with 1 GiB of address space
+# and a time limit; it must end in a one-line DatasetError, fast, not in a crash or a hang.
+_HOSTILE_LOADER = """
+import resource, sys
+from pix2tex.dataset.dataset import DatasetError, Im2LatexDataset
+# Imports map large libraries; what the load itself may add is 1 GiB of address space.
+size = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmSize"))
+resource.setrlimit(resource.RLIMIT_AS, (size + (1 << 30), size + (1 << 30)))
+try:
+    Im2LatexDataset.load(sys.argv[1])
+except DatasetError as exc:
+    print("DatasetError:", exc)
+    sys.exit(0)
+print("loaded")
+"""
+
+
+def _bytes_bomb() -> bytes:
+    # PROTO 4, BINBYTES8 declaring 100 GiB, STOP: 14 bytes
+    return b"\x80\x04" + b"\x8e" + (100 * 2**30).to_bytes(8, "little") + b"."
+
+
+def _reference_bomb() -> bytes:
+    # 'labels' is a list holding one list ten times, 40 levels deep: about 1 KB of pickle that
+    # would be 10**40 strings if anything walked or formatted it.
+    level: list = []
+    for _ in range(40):
+        level = [level] * 10
+    return pickle.dumps({"format": "pix2tex-dataset", "settings": {}, "roots": [], "paths": [], "root_ids": [],
+                         "widths": [], "heights": [], "glyphs": [], "labels": level}, protocol=4)
+
+
+def _nesting_bomb() -> bytes:
+    return b"\x80\x04" + b"](" * 200_000 + b"e" * 200_000 + b"."
+
+
+@pytest.mark.parametrize("name,payload", [("bytes_bomb", _bytes_bomb), ("reference_bomb", _reference_bomb),
+                                          ("nesting_bomb", _nesting_bomb)])
+def test_hostile_dataset_files_fail_fast_with_one_line(tmp_path, name, payload):
+    import sys
+    import time
+
+    path = tmp_path / f"{name}.pkl"
+    path.write_bytes(payload())
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", _HOSTILE_LOADER, str(path)], capture_output=True, text=True,
+                            timeout=60, cwd=Path(__file__).resolve().parents[1])
+    assert time.perf_counter() - start < 30
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("DatasetError:") and str(path) in lines[0], result.stdout[:500]

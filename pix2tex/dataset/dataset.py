@@ -35,7 +35,7 @@ from PIL import Image, UnidentifiedImageError
 
 from pix2tex.config import ConfigError, check_corpus_weights
 from pix2tex.dataset.transforms import test_transform, to_batch, train_transform
-from pix2tex.fileio import atomic_path, read_limited
+from pix2tex.fileio import FileReadError, atomic_path, read_limited
 from pix2tex.normalize import normalize
 from pix2tex.preprocess import (DEFAULT_GLYPH_HEIGHT, MARGIN, MAX_FILE_BYTES, crop_to_content, estimate_glyph_height,
                                 prepare)
@@ -66,17 +66,72 @@ class _PlainUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}: dataset files hold plain data only")
 
 
-def load_pickle(path: str | os.PathLike) -> Any:
-    """Read a .pkl written by :meth:`Im2LatexDataset.save`, refusing anything but plain data."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: dataset file not found")
+MAX_PICKLE_BYTES = 2 * 2**30  # a dataset file larger than this is refused before it is read
+MAX_CONTAINERS = 10_000  # lists/dicts/tuples in one dataset file (a real one has about 20)
+MAX_NESTING = 16  # open MARKs at once (a real dataset file needs 2)
+# The opcodes plain data needs: containers, strings, numbers, booleans, None, memo and frames.
+_PLAIN_OPCODES = frozenset({
+    "PROTO", "FRAME", "STOP", "MARK", "POP", "POP_MARK", "DUP",
+    "EMPTY_DICT", "EMPTY_LIST", "EMPTY_TUPLE", "EMPTY_SET", "DICT", "LIST", "TUPLE", "TUPLE1", "TUPLE2", "TUPLE3",
+    "APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "FROZENSET",
+    "INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "FLOAT", "BINFLOAT", "NONE", "NEWTRUE", "NEWFALSE",
+    "UNICODE", "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "STRING", "BINSTRING", "SHORT_BINSTRING",
+    "MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET",
+})
+_CONTAINER_OPCODES = frozenset({"EMPTY_DICT", "EMPTY_LIST", "EMPTY_TUPLE", "EMPTY_SET", "DICT", "LIST", "TUPLE",
+                                "TUPLE1", "TUPLE2", "TUPLE3", "FROZENSET"})
+_CLOSING_OPCODES = frozenset({"APPENDS", "SETITEMS", "ADDITEMS", "DICT", "LIST", "TUPLE", "FROZENSET", "POP_MARK"})
+
+
+def _check_plain_pickle(data: bytes) -> None:
+    """Refuse a pickle before building any object from it, unless it is plain data of sane shape.
+
+    Walks the opcode stream (nothing is built): every opcode must be one that plain data needs
+    (no globals, no reduce/build, no persistent ids, no buffers), every length it declares must fit
+    in the file (a 14-byte file cannot make the loader allocate 100 GiB), and containers are few and
+    shallow (no nesting bombs that end in a RecursionError).  Raises pickle.UnpicklingError.
+    """
+    import pickletools
+
+    containers = depth = 0
     try:
-        return _PlainUnpickler(io.BytesIO(path.read_bytes())).load()
+        for opcode, _arg, pos in pickletools.genops(io.BytesIO(data)):
+            name = opcode.name
+            if name not in _PLAIN_OPCODES:
+                raise pickle.UnpicklingError(f"opcode {name} at byte {pos} is not plain data")
+            if name == "MARK":
+                depth += 1
+                if depth > MAX_NESTING:
+                    raise pickle.UnpicklingError(f"containers nested deeper than {MAX_NESTING} levels")
+            elif name in _CLOSING_OPCODES:
+                depth -= 1
+            if name in _CONTAINER_OPCODES:
+                containers += 1
+                if containers > MAX_CONTAINERS:
+                    raise pickle.UnpicklingError(f"more than {MAX_CONTAINERS:,} containers")
+    except (ValueError, EOFError) as exc:  # genops: a declared length beyond the end of the data, …
+        raise pickle.UnpicklingError(f"malformed pickle ({str(exc).splitlines()[0][:120]})") from None
+
+
+def load_pickle(path: str | os.PathLike) -> Any:
+    """Read a .pkl written by :meth:`Im2LatexDataset.save`, refusing anything but plain data.
+
+    The bytes are checked by :func:`_check_plain_pickle` before anything is unpickled, and the
+    unpickler itself refuses every class or function reference as well.
+    """
+    path = Path(path)
+    try:
+        data = read_limited(path, MAX_PICKLE_BYTES, "dataset file")
+    except FileReadError as exc:
+        raise DatasetError(str(exc)) from None
+    try:
+        _check_plain_pickle(data)
+        return _PlainUnpickler(io.BytesIO(data)).load()
     except pickle.UnpicklingError as exc:
         raise DatasetError(f"{path}: {exc}") from None
-    except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
-        raise DatasetError(f"{path}: not a dataset file ({type(exc).__name__}: {exc})") from None
+    except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError, MemoryError,
+            RecursionError) as exc:
+        raise DatasetError(f"{path}: not a dataset file ({type(exc).__name__})") from None
 
 
 # -- images and labels ------------------------------------------------------------------------------
@@ -288,6 +343,7 @@ class Im2LatexDataset:
         filename = source
         if not isinstance(data, dict) or data.get("format") != "pix2tex-dataset":
             raise DatasetError(f"{filename}: not a pix2tex dataset file")
+        _check_fields(data, filename)
         try:
             ds = cls(**data["settings"])
             n = len(data["paths"])
@@ -513,6 +569,43 @@ class Im2LatexDataset:
         tok = LatexTokenizer.train([f for f in formulas if f], vocab_size, kind=kind)
         tok.save(output)
         return tok
+
+
+_FIELD_TYPES = {"roots": (str,), "paths": (str,), "root_ids": (int,), "widths": (int,), "heights": (int,),
+                "glyphs": (float, int, type(None)), "labels": (str,)}
+_SETTING_TYPES = {"shuffle": (bool,), "batchsize": (int,), "max_seq_len": (int,), "max_dimensions": (list, tuple),
+                  "min_dimensions": (list, tuple), "pad": (bool,), "keep_smaller_batches": (bool,), "test": (bool,),
+                  "patch_size": (int,), "seed": (int,), "corpus_weights": (dict,), "max_label_tokens": (int,),
+                  "augment_level": (str,)}
+
+
+def _check_fields(data: dict, filename: str) -> None:
+    """Check a dataset file's fields and settings by type before anything uses them.
+
+    Messages name the field, never the untrusted value (formatting a crafted object, e.g. one
+    made of shared references, could take forever or exhaust memory).
+    """
+    for key, types in _FIELD_TYPES.items():
+        values = data.get(key)
+        if not isinstance(values, list) or not all(type(v) in types for v in values):
+            raise DatasetError(f"{filename}: field '{key}' must be a list of {'/'.join(t.__name__ for t in types)}")
+    settings = data.get("settings")
+    if not isinstance(settings, dict):
+        raise DatasetError(f"{filename}: field 'settings' must be a mapping")
+    for key, value in settings.items():
+        if key not in _SETTING_TYPES:
+            raise DatasetError(f"{filename}: unknown setting in 'settings'")
+        if type(value) not in _SETTING_TYPES[key]:
+            raise DatasetError(f"{filename}: setting '{key}' has the wrong type")
+        if key.endswith("dimensions") and (len(value) != 2 or not all(type(v) is int for v in value)):
+            raise DatasetError(f"{filename}: setting '{key}' must be two integers")
+        if key == "corpus_weights" and not all(type(k) is str and type(v) in (int, float) for k, v in value.items()):
+            raise DatasetError(f"{filename}: setting 'corpus_weights' must map names to numbers")
+    if not isinstance(data.get("skipped", {}), dict) or not all(
+            type(k) is str and type(v) is int for k, v in data.get("skipped", {}).items()):
+        raise DatasetError(f"{filename}: field 'skipped' must map reasons to counts")
+    if data.get("tokenizer") is not None and type(data["tokenizer"]) is not str:
+        raise DatasetError(f"{filename}: field 'tokenizer' must be a path or null")
 
 
 def _check_weights(weights: Any) -> dict[str, float]:
