@@ -31,8 +31,8 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from pix2tex.config import ConfigError, ModelConfig, config_from_dict
-from pix2tex.fileio import atomic_path, replace_folder
+from pix2tex.config import MAX_SETTINGS_BYTES, ConfigError, ModelConfig, config_from_dict, read_settings_yaml
+from pix2tex.fileio import FileReadError, atomic_path, read_limited, replace_folder
 from pix2tex.tokenizer import LatexTokenizer, TokenizerError
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 WEIGHTS, CONFIG, TOKENIZER, META = "model.safetensors", "config.yaml", "tokenizer.json", "meta.json"
+MAX_TOKENIZER_BYTES = 64 * 2**20
 
 
 class CheckpointError(ValueError):
@@ -129,13 +130,21 @@ def read_folder_files(folder: Path, kind: str = "model folder") -> tuple[ModelCo
         if not (folder / name).is_file():
             raise CheckpointError(f"{folder}: incomplete {kind} (no {name})")
     try:
-        raw = yaml.safe_load((folder / CONFIG).read_text(encoding="utf-8"))
+        text = read_limited(folder / CONFIG, MAX_SETTINGS_BYTES, "config file").decode("utf-8")
+        raw = read_settings_yaml(text, str(folder / CONFIG))
         config = config_from_dict(raw, source=str(folder / CONFIG), check_files=False).model
+        read_limited(folder / TOKENIZER, MAX_TOKENIZER_BYTES, "tokenizer file")  # size check before parsing
         tokenizer = LatexTokenizer.load(folder / TOKENIZER)
         meta_path = folder / META
-        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
-    except (ConfigError, TokenizerError, yaml.YAMLError, json.JSONDecodeError) as exc:
+        meta = json.loads(read_limited(meta_path, MAX_SETTINGS_BYTES, "meta file")) if meta_path.is_file() else {}
+        if not isinstance(meta, dict):
+            raise CheckpointError(f"{meta_path}: must hold a JSON object")
+    except (ConfigError, TokenizerError, FileReadError) as exc:
         raise CheckpointError(f"{folder}: {exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{folder}: unreadable {META} or {CONFIG} ({type(exc).__name__})") from None
+    except RecursionError:
+        raise CheckpointError(f"{folder}: {META} nested too deeply") from None
     return config, tokenizer, meta
 
 
@@ -146,11 +155,33 @@ def save_resume_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
         torch.save(state, tmp)
 
 
+def _check_archive(path: Path) -> None:
+    """A resume state is a zip that torch writes uncompressed; refuse one whose members would
+    inflate (a 2 MB file whose data.pkl expands to gigabytes) or that is not a regular file."""
+    import stat
+    import zipfile
+
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise CheckpointError(f"{path}: not a regular file")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise CheckpointError(f"{path}: not a loadable resume state ({type(exc).__name__})") from None
+    size = path.stat().st_size
+    total = sum(m.file_size for m in members)
+    if any(m.compress_type != zipfile.ZIP_STORED for m in members) or total > size:
+        raise CheckpointError(f"{path}: archive members would expand to {total:,} bytes from {size:,}; "
+                              "refusing a compressed resume state")
+
+
 def load_resume_state(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a resume state safely: ``weights_only`` refuses arbitrary pickled objects."""
+    """Read a resume state safely: ``weights_only`` refuses arbitrary pickled objects, and the
+    archive's member sizes are checked before anything is read (see :func:`_check_archive`)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no resume state to continue from")
+    _check_archive(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... on bad files

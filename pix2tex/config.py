@@ -25,12 +25,19 @@ from pix2tex.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 __all__ = [
     "ConfigError", "ModelConfig", "TrainConfig", "Config", "load_config", "config_from_dict", "save_config",
-    "check_corpus_weights",
+    "check_corpus_weights", "read_settings_yaml",
 ]
 
 
 class ConfigError(ValueError):
     """A settings file or value is wrong; the message is one line naming the key."""
+
+
+# Upper bounds of the model's sizes: far above any sensible model, far below what exhausts memory
+# while building one (a crafted config.yaml with num_layers: 100000000 must fail at once).
+_MODEL_LIMITS = {"channels": 4, "dim": 4096, "encoder_depth": 64, "heads": 64, "num_layers": 64,
+                 "num_tokens": 1_000_000, "patch_size": 64, "max_height": 8192, "max_width": 8192,
+                 "max_seq_len": 16384}
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,15 @@ class ModelConfig:
                      "patch_size", "max_height", "max_width", "max_seq_len"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        for name, top in _MODEL_LIMITS.items():
+            if getattr(self, name) > top:
+                raise ConfigError(f"{name} must be at most {top:,}, got {getattr(self, name):,}")
+        if len(self.backbone_layers) > 8 or any(not 0 < n <= 64 for n in self.backbone_layers):
+            raise ConfigError("backbone_layers must list at most 8 stages of 1 to 64 blocks")
+        if any(c > 4096 for c in self.backbone_channels) or self.stem_channels > 1024:
+            raise ConfigError("backbone_channels must be at most 4096 and stem_channels at most 1024")
+        if len(str(self.decoder_args)) > 2000:
+            raise ConfigError("decoder_args is too large")
         if self.dim % self.heads:
             raise ConfigError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
         if self.max_height % self.patch_size or self.max_width % self.patch_size:
@@ -288,17 +304,46 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>", check_files: b
     return config
 
 
+MAX_SETTINGS_BYTES = 1 * 2**20  # a settings file (config.yaml) is small
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader that refuses anchors and aliases: a few lines of nested aliases ("billion laughs")
+    expand to billions of nodes.  Settings files never need them."""
+
+    def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
+        if self.check_event(yaml.AliasEvent) or getattr(self.peek_event(), "anchor", None) is not None:
+            event = self.peek_event()
+            raise yaml.YAMLError(f"YAML anchors and aliases are not allowed (line {event.start_mark.line + 1})")
+        return super().compose_node(parent, index)
+
+
+def read_settings_yaml(text: str, source: str) -> Any:
+    """Parse settings YAML safely: no aliases, no Python objects, bounded nesting; ConfigError otherwise."""
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)
+    except yaml.YAMLError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{source}: not valid YAML ({first[:200]})") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: YAML nested too deeply") from None
+
+
 def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None,
                 check_files: bool = True) -> Config:
     """Read and validate a YAML settings file (paths in it are relative to the working directory)."""
+    from pix2tex.fileio import FileReadError, read_limited
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"{path}: config file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{path}: not valid YAML ({first})") from None
+        text = read_limited(path, MAX_SETTINGS_BYTES, "config file").decode("utf-8")
+    except FileReadError as exc:
+        raise ConfigError(str(exc)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid YAML (not UTF-8 text at byte {exc.start})") from None
+    raw = read_settings_yaml(text, str(path)) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of settings, got {type(raw).__name__}")
     return config_from_dict({**raw, **(overrides or {})}, source=str(path), check_files=check_files)

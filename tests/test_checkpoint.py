@@ -95,3 +95,47 @@ def test_resume_state_round_trip_and_refuses_code(tmp_path):
     assert not marker.exists()
     with pytest.raises(CheckpointError, match="no resume state"):
         load_resume_state(tmp_path / "absent.pt")
+
+
+_LAUGHS = "\n".join(["a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"] +
+                    [f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+                     f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]"
+                     for i in range(9)] + ["dim: *j"])
+
+
+@pytest.mark.parametrize("config_text,message", [
+    (_LAUGHS, "anchors and aliases are not allowed"),
+    ("num_layers: 100000000\n", "num_layers must be at most 64"),
+    ("dim: " + "[" * 50_000 + "]" * 50_000 + "\n", "nested too deeply|not valid YAML"),
+    ("backbone_layers: [1000, 2]\n", "backbone_layers must list"),
+])
+def test_hostile_model_folder_configs_fail_fast(tmp_path, tokenizer, config_text, message):
+    import time
+
+    save_model_folder(tmp_path / "m", get_model(CFG), CFG, tokenizer)
+    (tmp_path / "m" / "config.yaml").write_text(config_text)
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_model_folder(tmp_path / "m")
+    assert time.perf_counter() - start < 10 and "\n" not in str(info.value) and len(str(info.value)) < 600
+
+
+def test_deeply_nested_meta_json_is_refused(tmp_path, tokenizer):
+    save_model_folder(tmp_path / "m", get_model(CFG), CFG, tokenizer)
+    (tmp_path / "m" / "meta.json").write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(CheckpointError, match="nested too deeply|must hold a JSON object"):
+        load_model_folder(tmp_path / "m")
+
+
+def test_inflating_resume_state_is_refused_before_reading(tmp_path):
+    import zipfile
+
+    path = tmp_path / "last.pt"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", b"\0" * (64 * 2**20))  # 64 MiB of zeros: about 64 KB on disk
+    assert path.stat().st_size < 2**20
+    with pytest.raises(CheckpointError, match="refusing a compressed resume state"):
+        load_resume_state(path)
+    # A real resume state (torch writes stored members) still loads.
+    save_resume_state(tmp_path / "ok.pt", {"format": "pix2tex-resume", "step": 3, "w": torch.ones(4)})
+    assert load_resume_state(tmp_path / "ok.pt")["step"] == 3

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,16 @@ def test_seed_aliases_and_round_trip(tmp_path):
     path = tmp_path / "resolved.yaml"
     save_config(config, path)
     assert load_config(path, check_files=False) == config
+
+
+def test_settings_files_refuse_aliases_and_special_files(tmp_path):
+    from pix2tex.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("base: &b 16\nbatchsize: *b\n")
+    with pytest.raises(ConfigError, match="anchors and aliases are not allowed"):
+        load_config(path, check_files=False)
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_config(fifo, check_files=False)
