@@ -17,7 +17,11 @@ Everything here is a pure function of strings.
 
 from __future__ import annotations
 
-__all__ = ["tokenize", "normalize", "normalize_many", "latex_tokens"]
+__all__ = ["tokenize", "normalize", "normalize_many", "latex_tokens", "group_depth", "MAX_GROUP_DEPTH"]
+
+# Real formulas nest braces a few levels deep (the shared corpora: at most 16); deeper input
+# is refused by the renderer and passed through unparsed by normalize (no recursion limit to hit).
+MAX_GROUP_DEPTH = 64
 
 # Commands whose arguments get braces, by number of mandatory arguments.
 _ARITY: dict[str, int] = {
@@ -89,6 +93,18 @@ def tokenize(latex: str) -> list[str]:
             tokens.append(c)
             i += 1
     return [_SYNONYMS.get(t, t) for t in tokens]
+
+
+def group_depth(tokens: list[str]) -> int:
+    """The deepest ``{`` … ``}`` nesting among ``tokens`` (unbalanced closers are ignored)."""
+    depth = deepest = 0
+    for tok in tokens:
+        if tok == "{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif tok == "}" and depth:
+            depth -= 1
+    return deepest
 
 
 def _group_end(tokens: list[str], start: int, closer: str = "}") -> int:
@@ -196,7 +212,12 @@ def latex_tokens(latex: str) -> list[str]:
     Trailing control spaces are dropped: they add no ink and the tight crop removes their space
     (leading ones stay: they shift the formula by a fraction of a pixel).
     """
-    tokens = _glue_delimiters(_normalize_tokens(tokenize(latex)))
+    raw = tokenize(latex)
+    if group_depth(raw) > MAX_GROUP_DEPTH:
+        # The argument parser recurses once per group level; a formula nested this deep is not a
+        # real formula (the renderer refuses it), and its tokens are returned as they are.
+        return ["\\" if t == "\\ " else t for t in raw]
+    tokens = _glue_delimiters(_normalize_tokens(raw))
     while tokens and tokens[-1] == "\\ ":
         tokens.pop()
     return ["\\" if t == "\\ " else t for t in tokens]

@@ -57,3 +57,13 @@ def test_im2latex_labels_are_mostly_normal_already():
 def test_latex_tokens_match_normalized_string():
     f = r"\frac{a}{b} + \sqrt{x}"
     assert latex_tokens(f) == normalize(f).split(" ")
+
+
+def test_deeply_nested_input_does_not_crash_and_is_refused_by_the_renderer():
+    from pix2tex.dataset.render import check_formula
+
+    hostile = "x\\iffalse" + "{" * 500 + "}" * 500 + "\\fi"
+    out = normalize(hostile)  # no RecursionError
+    assert out.startswith("x \\iffalse { {") and normalize(out) == out
+    assert check_formula(hostile) == "groups nested deeper than 64 levels"
+    assert check_formula("{" * 16 + "x" + "}" * 16) is None  # the deepest real formulas nest 16 levels

@@ -58,7 +58,7 @@ from pathlib import Path
 from PIL import Image
 
 from pix2tex.fileio import atomic_write_text
-from pix2tex.normalize import normalize
+from pix2tex.normalize import MAX_GROUP_DEPTH, group_depth, normalize, tokenize
 
 __all__ = [
     "FONTS",
@@ -288,6 +288,8 @@ def check_formula(formula: str) -> str | None:
         return "forbidden command " + document.group(0)
     if not _braces_balanced(formula):
         return "unbalanced braces"
+    if group_depth(tokenize(formula)) > MAX_GROUP_DEPTH:
+        return f"groups nested deeper than {MAX_GROUP_DEPTH} levels"
     return None
 
 
