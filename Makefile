@@ -3,17 +3,18 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-TEX_PACKAGES := texlive-latex-base texlive-latex-recommended texlive-fonts-recommended dvipng lmodern
+TEX_PACKAGES := texlive-latex-base texlive-latex-recommended texlive-fonts-recommended dvipng lmodern bubblewrap
 TEX_FILES := amsmath.sty amssymb.sty lmodern.sty mathptmx.sty mathpazo.sty txfonts.sty pxfonts.sty
 
 .PHONY: install tex test demo bench clean
 
 install: tex $(VENV)/.installed
 
-# TeX Live from Debian's packages, installed only when something is missing.
+# TeX Live from Debian's packages, installed only when something is missing; bubblewrap is the
+# sandbox every TeX and dvipng run happens in.
 tex:
 	@missing=0; \
-	for tool in latex dvipng kpsewhich; do command -v $$tool >/dev/null 2>&1 || missing=1; done; \
+	for tool in latex dvipng kpsewhich bwrap; do command -v $$tool >/dev/null 2>&1 || missing=1; done; \
 	if [ $$missing = 0 ]; then for f in $(TEX_FILES); do kpsewhich $$f >/dev/null 2>&1 || missing=1; done; fi; \
 	if [ $$missing = 1 ]; then \
 	    if [ "$$(id -u)" = 0 ]; then \

@@ -191,6 +191,50 @@ def test_sandbox_cannot_run_programs_or_write_outside(tmp_path):
     assert not outside.exists() and not (work / ".hidden.tex").exists()
 
 
+def _secret_file(tmp_path: Path) -> Path:
+    """A file outside every render work folder, named by an absolute path, holding a marker."""
+    secret = tmp_path / "secret" / "token.tex"
+    secret.parent.mkdir()
+    secret.write_text("SECRETMARKER\n")
+    return secret
+
+
+# kpathsea checks openin_any before it expands variables, and $SELFAUTOPARENT is "/" here: these
+# names pass the paranoid check but name any file.  Only the bubblewrap sandbox stops them.
+_EXPANDED_READS = [
+    r"\UseName{@@input}$SELFAUTOPARENT{path} ",
+    r"\UseName{openin}5=$SELFAUTOPARENT{path} \UseName{read}5to\x \begin{{\x}}",
+    r"\expandafter\csname @@input\endcsname $SELFAUTOPARENT{path} ",
+]
+
+
+@pytest.mark.parametrize("template", _EXPANDED_READS)
+def test_sandbox_hides_the_machine_even_from_expanded_file_names(tmp_path, template, monkeypatch):
+    secret = _secret_file(tmp_path)
+    formula = template.replace("{path}", str(secret))
+
+    def leaked(work: Path) -> bool:
+        run = run_tex([formula], "cm", work, timeout_s=30)
+        log = (work / "batch.log").read_text(encoding="latin-1")
+        # TeX logs every file it inputs as "(path"; a line read from a file shows in the error.
+        return "SECRETMARKER" in log + (run.error or "") or re.search(r"\(\S*token\.tex", log) is not None
+
+    assert not leaked(tmp_path / "work")
+    # The same formula without the sandbox reads the file: the test can fail, and the sandbox is
+    # what closes the hole.
+    monkeypatch.setenv(R.UNSAFE_NO_SANDBOX, "1")
+    assert leaked(tmp_path / "open")
+
+
+def test_sandbox_shows_no_system_files(tmp_path):
+    import socket
+
+    run = run_tex([r"\UseName{@@input}$SELFAUTOPARENT/etc/hostname "], "cm", tmp_path / "h", timeout_s=30)
+    assert run.page_tags == [] and "hostname" in (run.error or "")
+    log = (tmp_path / "h" / "batch.log").read_text(encoding="latin-1")
+    assert socket.gethostname() not in log.replace("/etc/hostname", "")
+
+
 def test_unclear_failures_are_bisected(tmp_path):
     # An endless loop (timeout) and a formula shipping an extra page give no usable error
     # position, so the batch is bisected; the good formulas still get their own images.

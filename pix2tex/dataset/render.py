@@ -32,8 +32,10 @@ Design notes
   at the first resolution and places them at the new one.
 * Untrusted input: a blacklist of control words (:data:`FORBIDDEN_COMMANDS`) rejects the obvious
   before TeX; TeX itself runs with ``-no-shell-escape``, ``shell_escape=f``, ``openin_any=p`` and
-  ``openout_any=p`` (no files outside the work folder), no font generation, stdin closed, and a
-  timeout; dvipng runs without Ghostscript, ``--picky`` and with a memory limit.
+  ``openout_any=p``, no font generation, stdin closed, a timeout and a memory limit; dvipng runs
+  without Ghostscript, ``--picky`` and with a memory limit.  Both run inside a bubblewrap sandbox
+  (:func:`sandboxed`) in which no file but the TeX installation and the run's work folder exists
+  and there is no network, so even a formula that gets past every check reads nothing else.
 """
 
 from __future__ import annotations
@@ -337,6 +339,39 @@ def _first_formula_line(font: str) -> int:
     return _tex_source([], font).count("\n") - 1 + 2  # minus "\end{document}", plus chunk offset
 
 
+# The operating-system sandbox around every latex and dvipng run (bubblewrap, Debian's package
+# "bubblewrap"): new user, PID, network, IPC and UTS namespaces; a file system that holds only the
+# system's programs and libraries (/usr) and TeX's configuration and format files, read-only, plus
+# the run's own work folder; an empty /tmp and a minimal /dev.  Whatever a formula makes TeX read or
+# write, no other file of the machine exists for it, and it has no network.
+_SANDBOX_RO = ("/usr", "/etc/texmf", "/var/lib/texmf")
+_TEX_MEMORY_BYTES = 1 << 30
+UNSAFE_NO_SANDBOX = "PIX2TEX_UNSAFE_NO_SANDBOX"  # set to 1 only where namespaces are unavailable
+
+
+def _sandbox_enabled() -> bool:
+    return os.environ.get(UNSAFE_NO_SANDBOX) != "1"
+
+
+def sandboxed(cmd: Sequence[str], workdir: Path) -> list[str]:
+    """``cmd`` wrapped in bubblewrap so that it sees only the TeX installation and ``workdir``."""
+    if not _sandbox_enabled():
+        return list(cmd)
+    work = str(workdir.resolve())
+    args = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+    for path in _SANDBOX_RO:
+        if os.path.exists(path):
+            args += ["--ro-bind", path, path]
+    args += ["--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/bin", "/bin",
+             "--dev", "/dev", "--tmpfs", "/tmp", "--bind", work, work, "--chdir", work,
+             "--setenv", "HOME", work, "--", *cmd]
+    return args
+
+
+def _limit_tex_memory() -> None:  # runs in the child between fork and exec
+    resource.setrlimit(resource.RLIMIT_AS, (_TEX_MEMORY_BYTES, _TEX_MEMORY_BYTES))
+
+
 def _clean_env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("TEXMFOUTPUT", None)  # TeX's fallback folder for output it cannot write in cwd
@@ -361,13 +396,14 @@ def run_tex(formulas: Sequence[str], font: str, workdir: Path, timeout_s: float)
         # Output goes to a pipe, not DEVNULL: waiting on a pipe returns as soon as TeX ends,
         # while a plain wait with a timeout polls with sleeps of up to 50 ms.
         proc = subprocess.run(
-            cmd,
+            sandboxed(cmd, workdir),
             cwd=workdir,
             env=_clean_env(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             timeout=timeout_s,
+            preexec_fn=_limit_tex_memory,
         )
     except subprocess.TimeoutExpired:
         # A killed TeX leaves a DVI without postamble: nothing in it can be trusted.
@@ -433,7 +469,7 @@ def _run_dvipng(dvi: Path, pages: Sequence[int], dpi: int, timeout_s: float) -> 
     ]  # fmt: skip
     try:
         proc = subprocess.run(
-            cmd,
+            sandboxed(cmd, dvi.parent),
             cwd=dvi.parent,
             env=_clean_env(),
             stdin=subprocess.DEVNULL,
@@ -774,6 +810,16 @@ def _require_tools() -> None:
     for tool in ("latex", "dvipng"):
         if shutil.which(tool) is None:
             raise RenderError(f"{tool} not found on PATH: install TeX Live (latex, dvipng)")
+    if not _sandbox_enabled():
+        return
+    if shutil.which("bwrap") is None:
+        raise RenderError("bwrap not found on PATH: TeX runs only inside its sandbox; install it "
+                          f"(apt-get install bubblewrap), or set {UNSAFE_NO_SANDBOX}=1 to render without it")
+    probe = subprocess.run(sandboxed(["true"], Path(tempfile.gettempdir())), capture_output=True, text=True,
+                           timeout=30)
+    if probe.returncode != 0:
+        raise RenderError(f"the TeX sandbox (bubblewrap) cannot start here: {_one_line(probe.stderr)[:200]}; "
+                          f"set {UNSAFE_NO_SANDBOX}=1 to render without it")
 
 
 # --------------------------------------------------------------------------- command line
