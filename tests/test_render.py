@@ -28,7 +28,7 @@ from pix2tex.normalize import normalize
 FORMULAS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "formulas"
 
 GOOD = [r"x^2+\frac{1}{2}", r"\int_0^1 f(x)\,dx = \sum_{n=1}^{\infty} a_n", r"\sqrt{\alpha+\beta}"]
-UNCOMPILABLE = r"\undefinedcommand x"
+UNCOMPILABLE = r"\left( x"  # passes every check before TeX, then TeX fails on it
 HOSTILE = r"\input{/etc/passwd}"
 MIXED = [GOOD[0], UNCOMPILABLE, GOOD[1], HOSTILE, "", GOOD[2]]
 
@@ -89,7 +89,7 @@ def test_tokenized_lengths_render_like_written_ones(tmp_path):
 def test_batch_skips_failures_without_shifting_images(tmp_path):
     results = render_images(MIXED, "cm", 120, tmp_path)
     assert [r.ok for r in results] == [True, False, True, False, False, True]
-    assert results[1].error == "! Undefined control sequence."
+    assert results[1].error == "! Missing \\right. inserted."
     assert results[3].error == r"forbidden command \input"
     assert results[4].error == "empty formula"
     for i in (0, 2, 5):  # each image is exactly what that formula gives when rendered alone
@@ -108,7 +108,7 @@ def test_one_bad_formula_costs_one_extra_tex_run(tmp_path, monkeypatch):
     monkeypatch.setattr(R, "run_tex", counting_run_tex)
     formulas = [GOOD[0], GOOD[1], UNCOMPILABLE, GOOD[2], GOOD[0]]
     results = R._render_batch(formulas, "cm", [100] * 5, tmp_path, timeout_s=30)
-    assert results[2] == "! Undefined control sequence."
+    assert results[2] == "! Missing \\right. inserted."
     assert runs == [5, 4]  # the culprit is found from the error's position, not by bisection
 
 
@@ -151,7 +151,11 @@ def test_failure_reasons(tmp_path):
         (r"x \end{document}", r"forbidden command \end{document}"),
         (r"^^5cinput{/etc/passwd}", "forbidden sequence ^^"),
         (r"\csname input\endcsname", r"forbidden command \csname"),
-        (r"\alpha \inputs", None),  # only whole control words are refused
+        (r"\alpha \inputs", r"command \inputs is not on the allow-list"),  # not \input, but not allowed either
+        (r"\UseName{@@input}$SELFAUTOPARENT/etc/hostname ", r"command \UseName is not on the allow-list"),
+        (r"\begin{\x}", r"environment {\x} is not on the allow-list"),
+        (r"\begin{def}\a{\a}\a", r"environment {def} is not on the allow-list"),
+        (r"\begin{pmatrix} a \\ b \end{pmatrix}", None),
         (r"\begin{array}{c} x \end{array}", None),
     ],
 )
@@ -308,7 +312,7 @@ def test_cli_writes_outputs_and_reports_errors(tmp_path, capsys):
     assert [line.split("\t")[0] for line in labels] == ["images/0000000.png", "images/0000002.png", "images/0000005.png"]
     failed = [line.split("\t") for line in (out / "failed.tsv").read_text(encoding="utf-8").splitlines()]
     assert failed == [
-        ["1", UNCOMPILABLE, "! Undefined control sequence."],
+        ["1", UNCOMPILABLE, "! Missing \\right. inserted."],
         ["3", HOSTILE, r"forbidden command \input"],
         ["4", "", "empty formula"],
     ]

@@ -292,7 +292,9 @@ def check_formula(formula: str) -> str | None:
         return "unbalanced braces"
     if group_depth(tokenize(formula)) > MAX_GROUP_DEPTH:
         return f"groups nested deeper than {MAX_GROUP_DEPTH} levels"
-    return None
+    from pix2tex.dataset.allowlist import check_allowed  # imported here: allowlist reads this module's blacklist
+
+    return check_allowed(formula)
 
 
 def _braces_balanced(formula: str) -> bool:
