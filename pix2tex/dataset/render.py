@@ -47,6 +47,7 @@ import os
 import random
 import re
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
@@ -460,35 +461,54 @@ def _limit_memory() -> None:  # runs in the dvipng child between fork and exec
     resource.setrlimit(resource.RLIMIT_AS, (_DVIPNG_MEMORY_BYTES, _DVIPNG_MEMORY_BYTES))
 
 
-def _run_dvipng(dvi: Path, pages: Sequence[int], dpi: int, timeout_s: float) -> tuple[dict[int, Path], str]:
-    """Rasterize DVI pages (by \\count0) at ``dpi``; returns {tag: png path} and dvipng's stderr."""
+def _dvipng_command(dvi_name: str, pages: Sequence[int], dpi: int) -> list[str]:
     # dvipng runs inside the DVI's folder: the output name must be relative to it.
-    out_pattern = f"d{dpi}-%07d.png"
-    cmd = [
+    return [
         "dvipng", "-T", "tight", "-D", str(dpi), "-bg", "rgb 1 1 1", "-fg", "rgb 0 0 0",
         "--dvinum", "--nogs", "--norawps", "--picky", "-M", "-z", "1",
-        "-pp", ",".join(map(str, pages)), "-o", out_pattern, dvi.name,
+        "-pp", ",".join(map(str, pages)), "-o", f"d{dpi}-%07d.png", dvi_name,
     ]  # fmt: skip
+
+
+def _run_dvipng(dvi: Path, by_dpi: dict[int, list[int]],
+                timeout_s: float) -> dict[int, tuple[dict[int, Path], str]]:
+    """Rasterize DVI pages (by \\count0) at each resolution of ``by_dpi`` ({dpi: tags}).
+
+    One sandbox for all resolutions (starting one costs about 15 ms): a fixed shell script, made
+    of integers and fixed names only, runs dvipng once per resolution with its stderr in a file.
+    Returns {dpi: ({tag: png path}, dvipng's stderr)}.
+    """
+    script = "".join(
+        " ".join(shlex.quote(a) for a in _dvipng_command(dvi.name, tags, dpi)) + f" 2> dvipng-{dpi}.err\n"
+        for dpi, tags in sorted(by_dpi.items()))
+    (dvi.parent / "dvipng.sh").write_text(script, encoding="ascii")
+    timed_out = False
     try:
-        proc = subprocess.run(
-            sandboxed(cmd, dvi.parent),
+        subprocess.run(
+            sandboxed(["/bin/sh", "dvipng.sh"], dvi.parent),
             cwd=dvi.parent,
             env=_clean_env(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
             timeout=timeout_s,
-            preexec_fn=_limit_memory,
+            preexec_fn=_limit_memory,  # inherited by each dvipng
         )
-        stderr = proc.stderr.decode("utf-8", "replace")
     except subprocess.TimeoutExpired:
-        stderr = "dvipng timeout"
-    found = {}
-    for tag in pages:
-        path = dvi.parent / f"d{dpi}-{tag:07d}.png"
-        if path.exists():
-            found[tag] = path
-    return found, stderr
+        timed_out = True
+    out = {}
+    for dpi, tags in by_dpi.items():
+        err = dvi.parent / f"dvipng-{dpi}.err"
+        stderr = err.read_text(encoding="utf-8", errors="replace") if err.exists() else ""
+        if timed_out:
+            stderr += "\ndvipng timeout"
+        found = {}
+        for tag in tags:
+            path = dvi.parent / f"d{dpi}-{tag:07d}.png"
+            if path.exists():
+                found[tag] = path
+        out[dpi] = (found, stderr)
+    return out
 
 
 def _dvipng_reason(stderr: str) -> str:
@@ -600,8 +620,9 @@ def _rasterize(run: TexRun, indices: Sequence[int], formulas: Sequence[str], fon
     for tag, i in enumerate(indices, start=1):
         by_dpi.setdefault(dpis[i], []).append(tag)
     missing: list[int] = []
+    rasters = _run_dvipng(run.dvi, by_dpi, timeout_s * len(by_dpi) + 0.05 * len(indices))
     for dpi, tags in sorted(by_dpi.items()):
-        pngs, stderr = _run_dvipng(run.dvi, tags, dpi, timeout_s + 0.05 * len(tags))
+        pngs, stderr = rasters[dpi]
         for tag in tags:
             i = indices[tag - 1]
             path = pngs.get(tag)
