@@ -364,3 +364,12 @@ def test_cli_with_relative_output_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert R.main(["--formulas", "f.txt", "--out", "out", "--workers", "1"]) == 0
     assert len((tmp_path / "out" / "labels.tsv").read_text().splitlines()) == 2
+
+
+def test_huge_pages_are_refused(tmp_path):
+    # A redefined output routine once shipped a 48-megapixel black page; such a page is refused.
+    page = tmp_path / "d100-0000001.png"
+    Image.new("L", (7000, 7000), 0).save(page)
+    assert R._load_page(page) == "image too large"
+    Image.new("L", (700, 250), 255).save(page)
+    assert R._load_page(page) == "empty render"

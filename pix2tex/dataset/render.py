@@ -194,7 +194,9 @@ _TEX_ENV = {
 _DVIPNG_MEMORY_BYTES = 512 << 20
 # Ink can lie outside the box TeX measured (\rlap, negative kerns): the image is checked too.
 _MAX_IMAGE_SIDE = 12_500  # pixels: 3000pt at 300 dpi
-_MAX_IMAGE_PIXELS = 60_000_000
+# The largest real renders are under 0.3 MP; a page far over that was shipped by something other
+# than the formula box (a redefined output routine) and is refused.
+_MAX_IMAGE_PIXELS = 8_000_000
 
 
 class RenderError(Exception):
