@@ -10,8 +10,8 @@ machine with other work are still compared fairly; two candidates train at a tim
 Every ``--eval-every`` CPU minutes a candidate's weights are scored, greedy, on the first 200 im2latex
 renders of the validation split and on the first 200 real im2latex_sample images, and its
 teacher-forced loss is measured with the true images and with the batch's images shuffled (the gap
-says how much the model reads the image).  After each round the better half (by the mean of the two
-BLEUs, then by bits per character) continues.  One JSON line per measurement goes to stdout and to
+says how much the model reads the image).  After each round the better half continues: by the mean
+of the two BLEUs once some candidate reads (mean BLEU >= 0.05), by bits per character before that.  One JSON line per measurement goes to stdout and to
 RACE_DIR/race.jsonl; a finished segment is never run again, so an interrupted race continues.
 """
 
@@ -144,6 +144,18 @@ def _evaluate(run: str, data: str, n: int) -> dict:
     }
 
 
+READS = 0.05  # mean BLEU from which a candidate counts as reading at all
+
+
+def rank_key(point: dict, field: list[dict]) -> tuple[float, float]:
+    """Sort key (best first): mean greedy BLEU once some candidate reads (BLEU >= READS), then bits
+    per character.  Before anyone reads, BLEU differences are noise (0.000 against 0.005) and the
+    teacher-forced loss is the signal."""
+    reading = max((p["val_bleu"] + p["real_bleu"]) / 2 for p in field) >= READS
+    bleu = (point["val_bleu"] + point["real_bleu"]) / 2 if reading else 0.0
+    return -bleu, point["bpc"]
+
+
 def _done_points(log: Path) -> dict[tuple[str, float], dict]:
     if not log.exists():
         return {}
@@ -182,7 +194,7 @@ def run_race(data: Path, out: Path, rounds: list[float], eval_every: float, name
     for r, budget in enumerate(rounds):
         with ThreadPoolExecutor(2) as pool:
             finals = list(pool.map(lambda c: advance(c, budget), alive))
-        ranked = sorted(zip(alive, finals), key=lambda cf: (-(cf[1]["val_bleu"] + cf[1]["real_bleu"]), cf[1]["bpc"]))
+        ranked = sorted(zip(alive, finals), key=lambda cf: rank_key(cf[1], finals))
         print(json.dumps({"round": r + 1, "budget": budget,
                           "ranking": [c.name for c, _ in ranked]}), flush=True)
         if r + 1 < len(rounds):
