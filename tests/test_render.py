@@ -373,3 +373,19 @@ def test_huge_pages_are_refused(tmp_path):
     assert R._load_page(page) == "image too large"
     Image.new("L", (700, 250), 255).save(page)
     assert R._load_page(page) == "empty render"
+
+
+def test_a_formula_that_changes_later_ones_is_caught(tmp_path, monkeypatch):
+    """Layer 3: even a global redefinition that got past every check before TeX cannot put a wrong
+    image under another formula's label.  Here the checks are replaced by one that lets \\gdef
+    through (the allow-list would refuse it) and refuses only the word REFUSED."""
+    monkeypatch.setattr(R, "check_formula", lambda f: "refused" if "REFUSED" in f else None)
+    poison = r'\gdef\displaystyle{\mathchar"7120}x'  # every later formula gets a psi in front
+    formulas = ["REFUSED", "a", poison, "b", "c"]
+    out = R._check_and_render(formulas, "cm", [100] * 5, tmp_path, timeout_s=30)
+    assert out[0] == "refused"
+    # Each other formula follows the poison in one of the two orders: all of them are failed.
+    assert out[1] == out[3] == out[4] == R.INTERFERENCE
+    # Without a refused formula in the batch the check is not run (it costs a second TeX run).
+    clean = R._check_and_render(["a", "b"], "cm", [100] * 2, tmp_path / "clean", timeout_s=30)
+    assert all(isinstance(x, Image.Image) for x in clean)

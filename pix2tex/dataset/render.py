@@ -654,9 +654,37 @@ def _check_and_render(formulas: Sequence[str], font: str, dpis: Sequence[int], w
     if todo:
         rendered = _render_batch([formulas[i] for i in todo], font, [dpis[i] for i in todo],
                                  workdir, timeout_s)
+        if 1 < len(todo) < len(formulas):
+            rendered = _check_independence(rendered, [formulas[i] for i in todo], font, [dpis[i] for i in todo],
+                                           workdir / "reversed", timeout_s)
         for i, result in zip(todo, rendered):
             outcome[i] = result
     return outcome  # type: ignore[return-value]
+
+
+INTERFERENCE = "rendering depends on the other formulas of its batch"
+
+
+def _check_independence(rendered: list[Image.Image | str], formulas: Sequence[str], font: str,
+                        dpis: Sequence[int], workdir: Path, timeout_s: float) -> list[Image.Image | str]:
+    """Render a batch again in reverse order; a formula whose image differs between the two orders
+    was changed by another formula of the batch (a global assignment that got past every check)
+    and is failed, never labelled with a wrong image.
+
+    Run only for batches in which some formula was refused: one extra TeX run there, where someone
+    may be probing, instead of one per formula everywhere.
+    """
+    again = _render_batch(list(formulas)[::-1], font, list(dpis)[::-1], workdir, timeout_s)[::-1]
+    out = []
+    for first, second in zip(rendered, again):
+        if isinstance(first, Image.Image) and isinstance(second, Image.Image):
+            same = first.size == second.size and first.tobytes() == second.tobytes()
+            out.append(first if same else INTERFERENCE)
+        elif isinstance(first, Image.Image) or isinstance(second, Image.Image):
+            out.append(INTERFERENCE)
+        else:
+            out.append(first)
+    return out
 
 
 def render_images(formulas: Sequence[str], font: str = "cm", dpi: int = 100,
