@@ -139,3 +139,49 @@ def test_inflating_resume_state_is_refused_before_reading(tmp_path):
     # A real resume state (torch writes stored members) still loads.
     save_resume_state(tmp_path / "ok.pt", {"format": "pix2tex-resume", "step": 3, "w": torch.ones(4)})
     assert load_resume_state(tmp_path / "ok.pt")["step"] == 3
+
+
+_BOUNDED_LOAD = """
+import resource, sys
+from pix2tex.checkpoint import CheckpointError, load_model_folder, load_resume_state
+size = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmSize"))
+resource.setrlimit(resource.RLIMIT_AS, (size + (1 << 30), size + (1 << 30)))
+try:
+    (load_resume_state if sys.argv[1] == "state" else load_model_folder)(sys.argv[2])
+except CheckpointError as exc:
+    print("CheckpointError:", exc)
+    sys.exit(0)
+print("loaded")
+"""
+
+
+@pytest.mark.parametrize("kind", ["laughs", "huge_model", "nested_meta", "inflating_state"])
+def test_hostile_model_files_stay_bounded_in_a_child_with_1_gib(tmp_path, tokenizer, kind):
+    """The same hostile files as above, each loaded in a child process with 1 GiB of address space
+    and a time limit: a one-line CheckpointError, not a crash, a hang or an exhausted machine."""
+    import subprocess
+    import sys
+    import time
+    import zipfile
+    from pathlib import Path
+
+    folder = tmp_path / "m"
+    save_model_folder(folder, get_model(CFG), CFG, tokenizer)
+    target, mode = str(folder), "folder"
+    if kind == "laughs":
+        (folder / "config.yaml").write_text(_LAUGHS)
+    elif kind == "huge_model":
+        (folder / "config.yaml").write_text("num_layers: 100000000\ndim: 4096\n")
+    elif kind == "nested_meta":
+        (folder / "meta.json").write_text("[" * 200_000 + "]" * 200_000)
+    else:
+        target, mode = str(tmp_path / "last.pt"), "state"
+        with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("archive/data.pkl", b"\0" * (2 * 2**30 // 2))  # 1 GiB of zeros, about 1 MB
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", _BOUNDED_LOAD, mode, target], capture_output=True, text=True,
+                            timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert time.perf_counter() - start < 60
+    lines = result.stdout.strip().splitlines()
+    assert result.returncode == 0 and len(lines) == 1 and lines[0].startswith("CheckpointError:"), \
+        (result.stdout[-500:], result.stderr[-1500:])

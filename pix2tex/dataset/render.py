@@ -729,7 +729,11 @@ def _run_job(job: _Job) -> list[tuple[int, str | None, str | None]]:
         outcome = _check_and_render(job.formulas, job.font, job.dpis, job.workdir, job.timeout_s)
         out: list[tuple[int, str | None, str | None]] = []
         for line, formula, result in zip(job.lines, job.formulas, outcome):
-            label = normalize(formula) if not isinstance(result, str) else ""
+            try:
+                label = normalize(formula) if not isinstance(result, str) else ""
+            except (ValueError, RecursionError) as exc:  # one bad formula is skipped, never fatal
+                result = f"cannot normalize ({type(exc).__name__})"
+                label = ""
             if isinstance(result, str) or not label:
                 out.append((line, None, result if isinstance(result, str) else "empty label"))
                 continue
