@@ -207,8 +207,10 @@ def _secret_file(tmp_path: Path) -> Path:
 # names pass the paranoid check but name any file.  Only the bubblewrap sandbox stops them.
 _EXPANDED_READS = [
     r"\UseName{@@input}$SELFAUTOPARENT{path} ",
-    r"\UseName{openin}5=$SELFAUTOPARENT{path} \UseName{read}5to\x \begin{{\x}}",
+    r"\UseName{openin}5=$SELFAUTOPARENT{path} \UseName{read}5to\x \begin{\x}",
     r"\expandafter\csname @@input\endcsname $SELFAUTOPARENT{path} ",
+    r"\UseName{@@input}${SELFAUTOPARENT}{path} ",
+    r"\UseName{@@input}$SELFAUTOGRANDPARENT{path} ",
 ]
 
 
