@@ -99,6 +99,7 @@ class OnnxDecoder(TextDecoder):
         self.cross_session, self.step_session = cross_session, step_session
         self.layers = list(layers)
         self.num_tokens, self.max_seq_len = cfg.num_tokens, cfg.max_seq_len
+        self._fast_step = False  # the graphs are the step: no lean PyTorch step to build, in any mode
         inputs = {i.name: i.shape for i in step_session.get_inputs()}
         # Heads and head width of each self-attention cache are static dimensions of the graph.
         self._self_shapes: dict[int, tuple[tuple[int, int], tuple[int, int]]] = {}

@@ -188,3 +188,13 @@ def test_loading_a_non_export_folder_fails_clearly(plain):
     (broken / DECODER).write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="decoder.onnx: unreadable ONNX graph"):
         load_onnx_folder(broken)
+
+
+def test_onnx_decoder_works_in_eval_mode(plain, images):
+    """OnnxDecoder is an nn.Module: after .eval() (as any caller may do) it must still decode."""
+    model, onnx_model, _ = plain
+    onnx_model.decoder.eval()
+    x = to_batch(images[:2], CFG.patch_size)
+    got = onnx_model.generate(x, max_new_tokens=STEPS)
+    assert torch.equal(got.ids, model.generate(x, max_new_tokens=STEPS).ids)
+    onnx_model.decoder.train()
