@@ -198,3 +198,23 @@ def test_onnx_decoder_works_in_eval_mode(plain, images):
     got = onnx_model.generate(x, max_new_tokens=STEPS)
     assert torch.equal(got.ids, model.generate(x, max_new_tokens=STEPS).ids)
     onnx_model.decoder.train()
+
+
+def test_masked_model_exports_and_reads_like_torch_one_image_at_a_time(tmp_path, tokenizer, images):
+    """A model trained with mask_padding (the recipe's) exports; LatexOCR's onnx engine reads such a
+    model one image per batch (the graphs take no mask), and gives PyTorch's tokens."""
+    import dataclasses
+
+    from pix2tex.inference import LatexOCR
+
+    cfg = dataclasses.replace(CFG, backbone_channels=[32, 64], stem_channels=16, backbone_norm="batch",
+                              mask_padding=True)
+    torch.manual_seed(2)
+    save_model_folder(tmp_path / "model", get_model(cfg).eval(), cfg, tokenizer, {"step": 1})
+    out = export_onnx(tmp_path / "model", tmp_path / "onnx")
+    paths = [str(SAMPLE / line.split("\t")[0])
+             for line in (SAMPLE / "labels.tsv").read_text(encoding="utf-8").splitlines()[:4]]
+    torch_ocr = LatexOCR(tmp_path / "model", device="cpu", batch_size=4)
+    onnx_ocr = LatexOCR(out, engine="onnx", threads=1, batch_size=4)
+    assert onnx_ocr.batch_size == 1
+    assert [p.latex for p in onnx_ocr.predict(paths)] == [p.latex for p in torch_ocr.predict(paths)]
