@@ -23,10 +23,9 @@ import torch
 from PIL import Image
 
 from pix2tex.checkpoint import load_model_folder
-from pix2tex.dataset.transforms import to_batch
 from pix2tex.fileio import printable_name
 from pix2tex.normalize import normalize
-from pix2tex.preprocess import load_image, prepare
+from pix2tex.preprocess import load_image, prepare, to_batch
 
 __all__ = ["LatexOCR", "Prediction"]
 

@@ -26,6 +26,7 @@ import warnings
 
 import cv2
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pix2tex.fileio import FileReadError, printable_name, read_limited
@@ -34,7 +35,7 @@ __all__ = [
     "ImageLoadError", "BlankImageError",
     "MAX_PIXELS", "DEFAULT_GLYPH_HEIGHT", "MARGIN",
     "load_image", "to_gray", "invert_if_dark", "normalize_contrast", "crop_to_content",
-    "component_sizes", "estimate_glyph_height", "prepare",
+    "component_sizes", "estimate_glyph_height", "prepare", "to_batch", "MEAN", "STD", "MAX_FILE_BYTES",
 ]
 
 MAX_PIXELS = 60_000_000
@@ -493,3 +494,27 @@ def prepare(img: Image.Image, *, patch_size: int, max_height: int, max_width: in
     ch, cw = min(ch, out_h - MARGIN), min(cw, out_w - MARGIN)  # rounding can add a pixel
     out[MARGIN:MARGIN + ch, MARGIN:MARGIN + cw] = content[:ch, :cw]
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Model input tensors
+
+# Grayscale statistics of rendered formulas (the public pix2tex's values, kept for compatibility).
+MEAN, STD = 0.7931, 0.1738
+
+
+def to_batch(images: list[np.ndarray], multiple: int, height: int | None = None,
+             width: int | None = None) -> torch.Tensor:
+    """Stack grayscale images into a normalized float tensor ``[B, 1, H, W]``.
+
+    Each image sits at the top-left of a white canvas of the batch's size (``height`` x ``width``
+    if given, else the largest image rounded up to ``multiple``), the same placement inference uses.
+    """
+    h = height or max(-(-im.shape[0] // multiple) * multiple for im in images)
+    w = width or max(-(-im.shape[1] // multiple) * multiple for im in images)
+    canvas = np.full((len(images), 1, h, w), 255, dtype=np.uint8)
+    for k, im in enumerate(images):
+        ih, iw = min(im.shape[0], h), min(im.shape[1], w)
+        canvas[k, 0, :ih, :iw] = im[:ih, :iw]
+    x = torch.from_numpy(canvas).float().div_(255.0)
+    return x.sub_(MEAN).div_(STD)

@@ -34,11 +34,11 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from pix2tex.config import ConfigError, check_corpus_weights
-from pix2tex.dataset.transforms import test_transform, to_batch, train_transform
+from pix2tex.dataset.transforms import test_transform, train_transform
 from pix2tex.fileio import FileReadError, atomic_path, read_limited
 from pix2tex.normalize import normalize
 from pix2tex.preprocess import (DEFAULT_GLYPH_HEIGHT, MARGIN, MAX_FILE_BYTES, crop_to_content, estimate_glyph_height,
-                                prepare)
+                                prepare, to_batch)
 from pix2tex.tokenizer import LatexTokenizer
 
 __all__ = [

@@ -4,7 +4,8 @@ Images everywhere are grayscale ``uint8`` arrays ``[H, W]``, dark ink on a white
 ``train_transform`` makes the project's clean TeX renders look like formulas cut out of real
 documents (the im2latex-100k renders, screenshots, scans): small geometric jitter, blur and noise,
 JPEG artefacts, contrast changes, resolution loss, thinner or bolder strokes.
-``test_transform`` leaves the pixels alone.  :func:`to_batch` pads and normalizes for the model.
+``test_transform`` leaves the pixels alone.  (:func:`pix2tex.preprocess.to_batch` pads and
+normalizes for the model.)
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ import torch
 if TYPE_CHECKING:
     import albumentations as A
 
+# The model-input conversion lives with the rest of input preparation (pix2tex.preprocess), so that
+# prediction never imports this training-data package; these names stay importable from here.
+from pix2tex.preprocess import MEAN, STD, to_batch  # noqa: E402,F401
+
 __all__ = ["MEAN", "STD", "train_transform", "test_transform", "to_batch", "pad_to_multiple"]
 
-# Grayscale statistics of rendered formulas (the public pix2tex's values, kept for compatibility).
-MEAN, STD = 0.7931, 0.1738
 WHITE = 255
 
 
@@ -82,20 +85,3 @@ def pad_to_multiple(image: np.ndarray, multiple: int, min_height: int = 0, min_w
     out = np.full((th, tw), WHITE, dtype=np.uint8)
     out[:h, :w] = image
     return out
-
-
-def to_batch(images: list[np.ndarray], multiple: int, height: int | None = None,
-             width: int | None = None) -> torch.Tensor:
-    """Stack grayscale images into a normalized float tensor ``[B, 1, H, W]``.
-
-    Each image sits at the top-left of a white canvas of the batch's size (``height`` x ``width``
-    if given, else the largest image rounded up to ``multiple``), the same placement inference uses.
-    """
-    h = height or max(-(-im.shape[0] // multiple) * multiple for im in images)
-    w = width or max(-(-im.shape[1] // multiple) * multiple for im in images)
-    canvas = np.full((len(images), 1, h, w), WHITE, dtype=np.uint8)
-    for k, im in enumerate(images):
-        ih, iw = min(im.shape[0], h), min(im.shape[1], w)
-        canvas[k, 0, :ih, :iw] = im[:ih, :iw]
-    x = torch.from_numpy(canvas).float().div_(255.0)
-    return x.sub_(MEAN).div_(STD)

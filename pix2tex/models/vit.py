@@ -21,7 +21,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from pix2tex.config import ModelConfig
-from pix2tex.dataset.transforms import MEAN, STD
+from pix2tex.preprocess import MEAN, STD
 
 WHITE_INPUT = (1.0 - MEAN) / STD  # a white pixel after to_batch's normalization
 
