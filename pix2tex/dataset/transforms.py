@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
 
 if TYPE_CHECKING:
     import albumentations as A
