@@ -2,6 +2,7 @@
 
     python -m benchmarks.race --data DATA_DIR --out RACE_DIR [--rounds 8 16 32 64] [--eval-every 8]
     python -m benchmarks.race --out RACE_DIR --plot docs/race.png     # learning curves of a race
+    python -m benchmarks.race --data DATA_DIR --out RACE_DIR --continue-run NAME   # the winner trains on
 
 Every candidate is a set of ``--set`` overrides of ``pix2tex/model/settings/default.yaml``, trained
 from scratch on the same data (``./create_data.sh`` on all of ../shared/data/formulas).  Budgets are
@@ -88,6 +89,27 @@ def train_segment(cand: Candidate, data: Path, out: Path, until: float) -> None:
         args.append("--resume")
     with open(run.parent / f"{cand.name}.log", "a") as log:
         subprocess.run(args, check=True, stdout=log, stderr=subprocess.STDOUT, env=_one_thread_env(), cwd=REPO)
+
+
+def continue_run(cand: Candidate, data: Path, out: Path, threads: int = 2) -> int:
+    """Go on training ``cand``'s race run with no CPU budget: all cores, bf16 where the CPU has it,
+    validation on im2latex renders every 500 steps (``best/`` is picked on them).  The standing
+    training job of the project after a race; stops on SIGTERM with its state saved."""
+    settings = {
+        "data": f"{data}/train.pkl", "tokenizer": f"{data}/tokenizer.json", "testdata": None,
+        "valdata": f"{data}/valid_im2latex_val.pkl", "model_path": str(out), "name": cand.name,
+        "sample_freq": 500, "valbatches": 8, "testbatchsize": 25, "num_workers": 1, "epochs": 1000, "log_every": 25,
+        **cand.settings_at(float("inf")), "max_cpu_minutes": None, "cpu_bf16": True,
+    }
+    args = [sys.executable, "-m", "pix2tex.train", "--config", str(BASE_CONFIG), "--no-progress"]
+    for key, value in settings.items():
+        value = value.format(data=data) if isinstance(value, str) else value
+        args += ["--set", f"{key}={'null' if value is None else _fmt(value)}"]
+    if (out / cand.name / "last.pt").exists():
+        args.append("--resume")
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    with open(out / f"{cand.name}.log", "a") as log:
+        return subprocess.run(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO).returncode
 
 
 def _one_thread_env() -> dict:
@@ -235,10 +257,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-every", type=float, default=8.0, help="CPU minutes between scores")
     parser.add_argument("--only", nargs="+", help="race only these candidates")
     parser.add_argument("--plot", type=Path, help="write the learning-curve PNG of a race and exit")
+    parser.add_argument("--continue-run", metavar="NAME",
+                        help="go on training this candidate's run without a budget (the standing job)")
     args = parser.parse_args(argv)
     if args.plot is not None:
         plot(args.out, args.plot)
         return 0
+    if args.continue_run is not None:
+        if args.data is None:
+            parser.error("--continue-run needs --data")
+        cand = next((c for c in CANDIDATES if c.name == args.continue_run), None)
+        if cand is None:
+            parser.error(f"unknown candidate {args.continue_run!r}; known: {[c.name for c in CANDIDATES]}")
+        return continue_run(cand, args.data.resolve(), args.out.resolve())
     if args.data is None:
         parser.error("--data is needed to run a race")
     run_race(args.data.resolve(), args.out.resolve(), args.rounds, args.eval_every, args.only)
