@@ -74,3 +74,29 @@ def test_light_augmentation_is_milder_than_full():
     assert 0 < diffs["light"] < diffs["full"]
     with pytest.raises(ValueError, match="light"):
         train_transform("heavy")
+
+
+def _point(name, minutes, bleu, bpc):
+    return {"candidate": name, "budget": minutes, "cpu_min": minutes, "step": 10, "val_bleu": bleu,
+            "real_bleu": bleu, "val_edit": 0.9, "real_edit": 0.9, "bpc": bpc, "bpc_shuffled": bpc + 0.01,
+            "image_gain_bpc": 0.01}
+
+
+def test_race_ranks_by_loss_until_someone_reads_then_by_bleu():
+    from benchmarks.race import rank_key
+
+    early = [_point("a", 8, 0.004, 2.5), _point("b", 8, 0.0, 2.4)]
+    assert sorted(early, key=lambda p: rank_key(p, early))[0]["candidate"] == "b"  # BLEU 0.004 is noise
+    later = [_point("a", 32, 0.20, 1.5), _point("b", 32, 0.10, 1.4)]
+    assert sorted(later, key=lambda p: rank_key(p, later))[0]["candidate"] == "a"
+
+
+def test_race_plot_writes_a_png(tmp_path):
+    import json
+
+    from benchmarks.race import plot
+
+    points = [_point("a", 8, 0.0, 2.5), _point("a", 16, 0.01, 2.2), _point("b", 8, 0.0, 2.6)]
+    (tmp_path / "race.jsonl").write_text("".join(json.dumps(p) + "\n" for p in points))
+    plot(tmp_path, tmp_path / "race.png")
+    assert (tmp_path / "race.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
