@@ -8,6 +8,12 @@ and writes every prediction next to its reference (``--out``, a TSV: image, pred
 * ``--images``/``--labels``: a folder of real images with ``path<TAB>latex`` labels (e.g.
   ../shared/data/images/im2latex_sample); images go through the same preprocessing as
   ``pix2tex predict``.
+* ``--render``: both prediction and reference are rendered (same renderer, font and dpi) and
+  compared as images (:mod:`pix2tex.image_metrics`): exact match with and without whitespace
+  columns, column edit distance, the share of predictions that do not compile (TeX's reason per
+  sample in the TSV), and everything broken down by reference length, corpus and matrix/array.
+* ``--report DIR``: the same, plus ``DIR/index.html`` (self-contained: summary, breakdowns, a plot
+  of edit distance against length, the worst cases with input, rendered prediction and reference).
 """
 
 from __future__ import annotations
@@ -104,7 +110,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", help="predictions TSV (default: predictions.tsv in the working directory)")
     parser.add_argument("--json", action="store_true", help="print the scores as one JSON line")
     parser.add_argument("--no_cuda", "--no-cuda", action="store_true")
+    parser.add_argument("--render", action="store_true",
+                        help="also render predictions and references: rendered exact match (with and without "
+                             "whitespace), rendered edit distance, share not compiling; breakdowns")
+    parser.add_argument("--report", metavar="DIR", help="write DIR/index.html (implies --render)")
     args = parser.parse_args(argv)
+    args.render = args.render or args.report is not None
     if (args.data is None) == (args.images is None) or (args.images is not None and args.labels is None):
         parser.error("give either --data TEST.pkl or --images DIR --labels FILE")
     if args.beam < 1:
@@ -123,12 +134,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     seconds = time.perf_counter() - start
     out = Path(args.out or "predictions.tsv")
+    if args.render:
+        return _rendered(args, rows, scores, seconds, out)
     atomic_write_text(out, "image\tprediction\treference\n" + "".join(f"{i}\t{p}\t{r}\n" for i, p, r in rows))
     if args.json:
         print(json.dumps({**scores.as_dict(), "beam": args.beam, "seconds": round(seconds, 2)}))
     else:
         print(scores)
         print(f"predictions: {out}")
+    return 0
+
+
+def _rendered(args: argparse.Namespace, rows: list[tuple[str, str, str]], scores: Scores, seconds: float,
+              out: Path) -> int:
+    """--render / --report: image metrics, breakdowns, per-sample TSV with them, the HTML report."""
+    from pix2tex.dataset.render import RenderError
+    from pix2tex.report import breakdowns, make_records, record_row, render_records, summarize, write_report
+
+    records = make_records(rows)
+    try:
+        render_seconds = render_records(records, keep_images=args.report is not None)
+    except RenderError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    summary, parts = summarize(records), breakdowns(records)
+    columns = ["image", "prediction", "reference", "corpus", "ref_tokens", "has_matrix", "token_edit", "compiled",
+               "reason", "exact", "exact_no_ws", "image_edit"]
+    lines = ["\t".join(columns)] + ["\t".join(str(record_row(r)[c]).replace("\t", " ") for c in columns)
+                                     for r in records]
+    atomic_write_text(out, "\n".join(lines) + "\n")
+    if args.report is not None:
+        title = f"pix2tex evaluation: {args.checkpoint or 'bundled model'} on {args.data or args.images}"
+        write_report(args.report, records, summary, parts, title)
+    result = {**summary, "token_accuracy": round(scores.token_accuracy, 4), "beam": args.beam,
+              "seconds": round(seconds, 2), "render_seconds": round(render_seconds, 2), "breakdowns": parts}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(scores)
+        print(" ".join(f"{k} {v}" for k, v in summary.items() if k.startswith(("rendered", "does", "n_"))))
+        print(f"predictions: {out}" + (f"; report: {Path(args.report) / 'index.html'}" if args.report else ""))
     return 0
 
 
