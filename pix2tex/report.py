@@ -212,7 +212,7 @@ def write_report(folder: str | Path, records: Sequence[Record], summary: dict, p
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin-bottom:1.5em}}
 td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top;text-align:left}}
-pre{{white-space:pre-wrap;max-width:40em;font-size:12px}}img{{max-width:40em}}</style></head><body>
+pre{{white-space:pre-wrap;max-width:28em;max-height:16em;overflow:auto;font-size:12px}}img{{max-width:28em}}</style></head><body>
 <h1>{html.escape(title)}</h1>
 <h2>Summary</h2>{_table({"all": summary})}
 {sections}
