@@ -159,6 +159,9 @@ class TrainConfig:
     # bf16 autocast on the CPU (GPUs with bf16 always use it): 1.6x faster steps where the CPU has
     # native bf16 (avx512_bf16 / AMX); where it has none, training stays in fp32 and says so.
     cpu_bf16: bool = False
+    # torchrun: how long a collective may wait for the other processes (a rank that died, or rank 0
+    # validating) before every rank stops with an error instead of hanging.
+    dist_timeout_s: float = 1800.0
     augment: bool = True  # use train_transform for training batches
     augment_level: str = "full"  # "light": small jitter, blur and contrast only; "full": everything
     log_every: int = 10  # steps between metric lines in metrics.jsonl

@@ -14,6 +14,7 @@ the run continues with the same learning rate and the same batches as if it had 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -34,10 +35,11 @@ from pix2tex.checkpoint import (CheckpointError, load_model_folder, load_resume_
                                 save_resume_state)
 from pix2tex.config import Config, ConfigError, load_config, save_config
 from pix2tex.dataset.dataset import BatchDataset, DatasetError, Im2LatexDataset, collate_batch
+from pix2tex.distributed import Dist, DistributedError, init_from_env
 from pix2tex.metrics import Scores, score
 from pix2tex.models.utils import Model, get_model, model_summary
 from pix2tex.normalize import normalize
-from pix2tex.tokenizer import LatexTokenizer, TokenizerError
+from pix2tex.tokenizer import PAD_ID, LatexTokenizer, TokenizerError
 
 __all__ = ["train", "validate", "main", "TrainResult"]
 
@@ -49,6 +51,7 @@ class TrainResult:
     best_bleu: float
     last_loss: float
     run_dir: Path
+    is_main: bool = True  # rank 0 (or the only process): the one that reports
 
 
 class _Stop(Exception):
@@ -206,11 +209,36 @@ class _Logger:
             self.wandb.finish()
 
 
+class _NullLogger:
+    """What ranks other than 0 log to: nothing."""
+
+    def log(self, record: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def train(config: Config, resume: bool = False, device: torch.device | None = None,
           progress: bool = True) -> TrainResult:
     """Train according to ``config``; returns where it stopped.  Importable and testable."""
     t, m = config.train, config.model
     device = device or _device(False)
+    ddp = init_from_env(device.type, t.dist_timeout_s)  # SINGLE unless started by torchrun
+    try:
+        return _train(config, resume, device, progress, ddp)
+    finally:
+        ddp.close()
+
+
+def _train(config: Config, resume: bool, device: torch.device, progress: bool, ddp: Dist) -> TrainResult:
+    t, m = config.train, config.model
+    if ddp.active:
+        if t.batchsize % ddp.world:
+            raise ConfigError(f"batchsize ({t.batchsize}) must be a multiple of the number of processes "
+                              f"({ddp.world}): it is the global batch, split evenly over them")
+        if device.type == "cuda":
+            device = torch.device("cuda", ddp.local_rank)
     run_dir = Path(t.model_path) / t.name
     run_dir.mkdir(parents=True, exist_ok=True)
     train_set, val_set, tokenizer = load_datasets(config)
@@ -218,7 +246,9 @@ def train(config: Config, resume: bool = False, device: torch.device | None = No
     torch.manual_seed(t.seed)
     random.seed(t.seed)
     model = get_model(m).to(device)
-    print(f"{model_summary(model)}; device {device}", file=sys.stderr)
+    if ddp.is_main:
+        where = f"; {ddp.world} processes" if ddp.active else ""
+        print(f"{model_summary(model)}; device {device}{where}", file=sys.stderr)
 
     batches_per_epoch = len(train_set.batches(0))
     total_steps = t.max_steps if t.max_steps is not None else t.epochs * batches_per_epoch
@@ -239,13 +269,19 @@ def train(config: Config, resume: bool = False, device: torch.device | None = No
         step, epoch, start_batch, best_bleu = state["step"], state["epoch"], state["batch"], state["best_bleu"]
         cpu_before = float(state.get("cpu_seconds", 0.0))  # absent in states written before it was kept
         _set_rng_state(state["rng"])
-        print(f"resumed {run_dir / 'last.pt'} at step {step} (epoch {epoch}, batch {start_batch})", file=sys.stderr)
+        if ddp.is_main:
+            print(f"resumed {run_dir / 'last.pt'} at step {step} (epoch {epoch}, batch {start_batch})",
+                  file=sys.stderr)
     elif t.load_chkpt is not None:
         model.load_state_dict(_weights_from(t.load_chkpt))
-        print(f"loaded weights from {t.load_chkpt}", file=sys.stderr)
-    save_config(config, run_dir / "config.yaml")
-
-    logger = _Logger(run_dir, config, resume)
+        if ddp.is_main:
+            print(f"loaded weights from {t.load_chkpt}", file=sys.stderr)
+    # Only rank 0 writes: config, metrics, model folders and resume states.
+    if ddp.is_main:
+        save_config(config, run_dir / "config.yaml")
+    logger = _Logger(run_dir, config, resume) if ddp.is_main else _NullLogger()
+    # DDP averages gradients over the ranks (each holds its own share of every global batch).
+    net = torch.nn.parallel.DistributedDataParallel(model) if ddp.active else model
     cpu_start = time.process_time()
 
     def cpu_seconds() -> float:
@@ -255,6 +291,8 @@ def train(config: Config, resume: bool = False, device: torch.device | None = No
     use_bf16 = _use_bf16(device, t.cpu_bf16)
 
     def save_state(epoch_: int, batch_: int) -> None:
+        if not ddp.is_main:
+            return
         save_resume_state(run_dir / "last.pt", {
             "format": "pix2tex-resume", "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "step": step, "epoch": epoch_, "batch": batch_,
@@ -262,13 +300,23 @@ def train(config: Config, resume: bool = False, device: torch.device | None = No
             "cpu_seconds": cpu_seconds(),
         })
 
+    def save_folder(name: str, meta: dict) -> None:
+        if ddp.is_main:
+            save_model_folder(run_dir / name, model, m, tokenizer, meta)
+
+    stop = {"requested": False}
+
     def on_signal(signum, frame):  # noqa: ARG001
-        raise _Stop()
+        if not ddp.active:
+            raise _Stop()
+        # Several processes stop together: the flag is agreed on after the step (all ranks save once).
+        stop["requested"] = True
 
     previous = signal.signal(signal.SIGTERM, on_signal)
     model.train()
     loss_value = float("nan")
-    bar = tqdm(total=total_steps, initial=step, disable=not progress, dynamic_ncols=True, desc="train")
+    bar = tqdm(total=total_steps, initial=step, disable=not progress or not ddp.is_main, dynamic_ncols=True,
+               desc="train")
     batch_index = start_batch
     try:
         while step < total_steps and epoch < t.epochs:
@@ -277,17 +325,29 @@ def train(config: Config, resume: bool = False, device: torch.device | None = No
                 num_workers=t.num_workers, collate_fn=collate_batch, persistent_workers=False)
             tick = time.perf_counter()
             for batch in loader:
-                images, ids = batch.images.to(device), batch.ids.to(device)
+                # Every rank prepared the whole global batch (the same canvas and padding as one
+                # process would use) and trains on its own contiguous share of it.
+                share = ddp.shard(list(range(batch.images.shape[0])))
+                rows = slice(share[0], share[-1] + 1)
+                images, ids = batch.images[rows].to(device), batch.ids[rows].to(device)
+                sizes = None if batch.sizes is None else batch.sizes[rows]
                 total = images.shape[0]
-                loss_value = 0.0
+                # The loss is the mean over the tokens of the whole global batch, whatever the split.
+                batch_tokens = ddp.all_sum(float((ids[:, 1:] != PAD_ID).sum()), device)
+                loss_sum = torch.zeros((), device=device)
                 for lo in range(0, total, t.micro):
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                        out = model(images[lo : lo + t.micro], ids[lo : lo + t.micro],
-                                    sizes=None if batch.sizes is None else batch.sizes[lo : lo + t.micro],
-                                    label_smoothing=t.label_smoothing)
-                    part = out.loss * (min(t.micro, total - lo) / total)
-                    part.backward()
-                    loss_value += part.item()
+                    micro_ids = ids[lo : lo + t.micro]
+                    last = lo + t.micro >= total
+                    with (net.no_sync() if ddp.active and not last else contextlib.nullcontext()), \
+                            torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                        out = net(images[lo : lo + t.micro], micro_ids,
+                                  sizes=None if sizes is None else sizes[lo : lo + t.micro],
+                                  label_smoothing=t.label_smoothing)
+                        tokens = (micro_ids[:, 1:] != PAD_ID).sum()
+                        part = out.loss * tokens / batch_tokens
+                        (part * ddp.world).backward()  # DDP divides by world when it averages
+                    loss_sum += part.detach()
+                loss_value = ddp.all_sum(float(loss_sum), device)  # kept a tensor until here
                 torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_grad)
                 lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
                 optimizer.step()
@@ -303,9 +363,13 @@ def train(config: Config, resume: bool = False, device: torch.device | None = No
                 if step % t.log_every == 0 or step == 1:
                     logger.log({"step": step, "epoch": epoch, "loss": loss_value,
                                 "lr": lr, "samples_per_s": rate, "cpu_s": round(cpu_seconds(), 1)})
-                out_of_cpu = t.max_cpu_minutes is not None and cpu_seconds() >= 60 * t.max_cpu_minutes
+                out_of_cpu = ddp.any(t.max_cpu_minutes is not None and cpu_seconds() >= 60 * t.max_cpu_minutes,
+                                     device)
+                if ddp.any(stop["requested"], device):
+                    raise _Stop()
                 if step % t.sample_freq == 0 or step == total_steps or out_of_cpu:
-                    if val_set is not None and len(val_set):
+                    # Validation runs on rank 0; the others wait for it at the next step's all-reduce.
+                    if val_set is not None and len(val_set) and ddp.is_main:
                         scores, samples = validate(model, val_set, tokenizer, t.valbatches, device)
                         logger.log({"step": step, "epoch": epoch, **{f"val_{k}": v for k, v in scores.as_dict().items()}})
                         bar.write(f"step {step}: {scores}")
@@ -314,10 +378,10 @@ def train(config: Config, resume: bool = False, device: torch.device | None = No
                         meta = {"step": step, "epoch": epoch, "val": scores.as_dict()}
                         if scores.bleu > best_bleu:
                             best_bleu = scores.bleu
-                            save_model_folder(run_dir / "best", model, m, tokenizer, meta)
-                        save_model_folder(run_dir / "last", model, m, tokenizer, meta)
+                            save_folder("best", meta)
+                        save_folder("last", meta)
                     else:
-                        save_model_folder(run_dir / "last", model, m, tokenizer, {"step": step, "epoch": epoch})
+                        save_folder("last", {"step": step, "epoch": epoch})
                     save_state(epoch, batch_index)
                 if step >= total_steps or out_of_cpu:
                     break
@@ -328,18 +392,19 @@ def train(config: Config, resume: bool = False, device: torch.device | None = No
                     save_state(epoch, 0)
                 continue
             break
-        save_model_folder(run_dir / "last", model, m, tokenizer, {"step": step, "epoch": epoch})
+        save_folder("last", {"step": step, "epoch": epoch})
         save_state(epoch, batch_index)
     except (KeyboardInterrupt, _Stop):
-        bar.write(f"interrupted at step {step}: saving {run_dir / 'last.pt'} and {run_dir / 'last'}")
+        if ddp.is_main:
+            bar.write(f"interrupted at step {step}: saving {run_dir / 'last.pt'} and {run_dir / 'last'}")
         save_state(epoch, batch_index)
-        save_model_folder(run_dir / "last", model, m, tokenizer, {"step": step, "epoch": epoch})
+        save_folder("last", {"step": step, "epoch": epoch})
         raise KeyboardInterrupt from None
     finally:
         bar.close()
         logger.close()
         signal.signal(signal.SIGTERM, previous)
-    return TrainResult(step, epoch, best_bleu, loss_value, run_dir)
+    return TrainResult(step, epoch, best_bleu, loss_value, run_dir, ddp.is_main)
 
 
 def _parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
@@ -366,9 +431,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = train(config, resume=args.resume, device=_device(args.no_cuda), progress=not args.no_progress)
     except KeyboardInterrupt:
         return 130
-    except (ConfigError, DatasetError, TokenizerError, CheckpointError) as exc:
+    except (ConfigError, DatasetError, TokenizerError, CheckpointError, DistributedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if not result.is_main:
+        return 0
     best = f"{result.best_bleu:.4f}" if result.best_bleu >= 0 else "n/a"
     print(f"done: step {result.step}, epoch {result.epoch}, last loss {result.last_loss:.4f}, "
           f"best val BLEU {best}; model folders in {result.run_dir}")
