@@ -356,7 +356,7 @@ def _train(config: Config, resume: bool, device: torch.device, progress: bool, d
                 step += 1
                 batch_index += 1
                 now = time.perf_counter()
-                rate = total / max(now - tick, 1e-9)
+                rate = total * ddp.world / max(now - tick, 1e-9)  # samples of the global batch
                 tick = now
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_value:.4f}", samples_s=f"{rate:.1f}")

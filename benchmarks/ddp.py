@@ -1,0 +1,94 @@
+"""Training with 1 and N processes (torchrun, Gloo, one thread each) and the cost of the gradient all-reduce.
+
+    python -m benchmarks.ddp --data DATA_DIR [--procs 1 2] [--steps 30] --json
+
+One JSON line per process count: the median samples/s of steps 6..``--steps`` of real
+``pix2tex.train`` runs (recipe.yaml, the real dataset, validation excluded, one thread per process),
+then one line with the median time of an all-reduce of the recipe model's gradients (5.5 M floats)
+between two processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPE = REPO / "pix2tex" / "model" / "settings" / "recipe.yaml"
+
+ALLREDUCE = r"""
+import json, statistics, time, torch, torch.distributed as dist
+from pix2tex.config import load_config
+from pix2tex.models import get_model
+dist.init_process_group("gloo")
+model = get_model(load_config(%r, check_files=False).model)
+flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+times = []
+for _ in range(25):
+    dist.barrier()
+    t = time.perf_counter(); dist.all_reduce(flat); times.append(time.perf_counter() - t)
+if dist.get_rank() == 0:
+    print(json.dumps({"bench": "ddp_allreduce", "floats": flat.numel(), "median_s": round(statistics.median(times[5:]), 5)}))
+dist.destroy_process_group()
+"""
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(n: int) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--master_addr", "127.0.0.1",
+            "--master_port", str(_port())]
+
+
+def throughput(data: Path, procs: int, steps: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = {"data": f"{data}/train.pkl", "tokenizer": f"{data}/tokenizer_tokens.json", "valdata": "null",
+                    "model_path": tmp, "name": "bench", "max_steps": steps, "log_every": 1, "num_workers": 0}
+        args = ["-m", "pix2tex.train", "--config", str(RECIPE), "--no-progress"]
+        for key, value in settings.items():
+            args += ["--set", f"{key}={value}"]
+        launcher = [sys.executable] if procs == 1 else _torchrun(procs)
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        subprocess.run([*launcher, *args], check=True, capture_output=True, env=env, cwd=REPO)
+        records = [json.loads(line) for line in (Path(tmp) / "bench" / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["samples_per_s"] for r in records if r["step"] > 5]
+    return {"bench": "ddp_throughput", "processes": procs, "threads_each": 1, "steps": steps,
+            "samples_per_s": round(statistics.median(rates), 2)}
+
+
+def allreduce() -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "allreduce.py"
+        script.write_text(ALLREDUCE % str(RECIPE))
+        done = subprocess.run([*_torchrun(2), str(script)], check=True, capture_output=True, text=True, env=env,
+                              cwd=REPO)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.ddp", description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--procs", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--json", action="store_true", help="JSON lines (the default output anyway)")
+    args = parser.parse_args(argv)
+    for n in args.procs:
+        print(json.dumps(throughput(args.data.resolve(), n, args.steps)), flush=True)
+    print(json.dumps(allreduce()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
