@@ -29,12 +29,11 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-from benchmarks.models import seed_config
+from benchmarks.models import seed_config, time_runs
 from pix2tex.config import ModelConfig, load_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,14 +48,8 @@ def configs() -> dict[str, ModelConfig]:
 
 
 def median_time(fn, repeats: int = 5, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """Median wall-clock seconds of ``repeats`` calls after ``warmup`` untimed ones."""
+    return statistics.median(time_runs(fn, warmup, repeats))
 
 
 def _inputs(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:

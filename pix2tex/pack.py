@@ -17,7 +17,6 @@ leave the target folder).
 from __future__ import annotations
 
 import argparse
-import io
 import random
 import sys
 import tarfile

@@ -222,7 +222,7 @@ class _NullLogger:
 def train(config: Config, resume: bool = False, device: torch.device | None = None,
           progress: bool = True) -> TrainResult:
     """Train according to ``config``; returns where it stopped.  Importable and testable."""
-    t, m = config.train, config.model
+    t = config.train
     device = device or _device(False)
     ddp = init_from_env(device.type, t.dist_timeout_s)  # SINGLE unless started by torchrun
     try:

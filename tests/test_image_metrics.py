@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from pix2tex.dataset.render import render_images
 from pix2tex.image_metrics import (binarize, column_edit_distance, compare_rendered, drop_blank_columns,
