@@ -99,7 +99,7 @@ def continue_run(cand: Candidate, data: Path, out: Path, threads: int = 2) -> in
         "data": f"{data}/train.pkl", "tokenizer": f"{data}/tokenizer.json", "testdata": None,
         "valdata": f"{data}/valid_im2latex_val.pkl", "model_path": str(out), "name": cand.name,
         "sample_freq": 500, "valbatches": 8, "testbatchsize": 25, "num_workers": 1, "epochs": 1000, "log_every": 25,
-        **cand.settings_at(float("inf")), "max_cpu_minutes": None, "cpu_bf16": True,
+        **cand.settings_at(float("inf")), "max_cpu_minutes": None, "cpu_bf16": True, "length_pool": 32,
     }
     args = [sys.executable, "-m", "pix2tex.train", "--config", str(BASE_CONFIG), "--no-progress"]
     for key, value in settings.items():

@@ -229,7 +229,8 @@ def compare(pix2tex_python: str, names: list[str]) -> list[dict]:
 RECIPES = {  # end-to-end throughput: config file + overrides
     "default": ("default.yaml", {}),
     "recipe": ("recipe.yaml", {}),
-    "recipe_bf16": ("recipe.yaml", {"cpu_bf16": True}),
+    "recipe_bf16": ("recipe.yaml", {"cpu_bf16": True, "length_pool": 0}),
+    "recipe_bf16_pool": ("recipe.yaml", {"cpu_bf16": True, "length_pool": 32}),
 }
 
 

@@ -76,7 +76,8 @@ def load_datasets(config: Config) -> tuple[Im2LatexDataset, Im2LatexDataset | No
     train_set.set_tokenizer(tokenizer)
     train_set.update(batchsize=t.batchsize, shuffle=True, test=not t.augment, seed=t.seed,
                      keep_smaller_batches=False, corpus_weights=t.corpus_weights,
-                     max_label_tokens=t.max_label_tokens, augment_level=t.augment_level, **common)
+                     max_label_tokens=t.max_label_tokens, augment_level=t.augment_level,
+                     length_pool=t.length_pool, **common)
     corpora = train_set.corpus_sizes() if t.corpus_weights else {}
     for name in t.corpus_weights:
         if name not in corpora:

@@ -230,7 +230,7 @@ class Im2LatexDataset:
                  min_dimensions: tuple[int, int] = (32, 32), pad: bool = False,
                  keep_smaller_batches: bool = False, test: bool = False, patch_size: int = 16,
                  seed: int = 42, corpus_weights: dict[str, float] | None = None, max_label_tokens: int = 0,
-                 augment_level: str = "full"):
+                 augment_level: str = "full", length_pool: int = 0):
         self.roots: list[str] = []
         self.paths: list[str] = []
         self.root_ids: list[int] = []
@@ -248,6 +248,10 @@ class Im2LatexDataset:
         # Training-only filter (a curriculum): labels longer than this many tokens are left out (0: none).
         self.max_label_tokens = max_label_tokens
         self.augment_level = augment_level
+        # Batches of similar label length (0: off): each size bucket's shuffled samples are cut into
+        # pools of length_pool batches, and each pool is sorted by label length before it is cut
+        # into batches.  Half of the target tokens of size-only buckets are padding otherwise.
+        self.length_pool = length_pool
         # Per-corpus sampling weights (see corpus()): a corpus of weight 3 is seen three times per
         # epoch, one of weight 0.5 half the time; unnamed corpora keep weight 1.
         self.corpus_weights: dict[str, float] = _check_weights(corpus_weights or {})
@@ -383,7 +387,8 @@ class Im2LatexDataset:
         """Change iteration settings (batchsize, shuffle, pad, keep_smaller_batches, test,
         max_seq_len, max_dimensions, min_dimensions, patch_size, seed, corpus_weights, tokenizer)."""
         allowed = {"batchsize", "shuffle", "pad", "keep_smaller_batches", "test", "max_seq_len",
-                   "max_dimensions", "min_dimensions", "patch_size", "seed", "max_label_tokens", "augment_level"}
+                   "max_dimensions", "min_dimensions", "patch_size", "seed", "max_label_tokens", "augment_level",
+                   "length_pool"}
         for key, value in kwargs.items():
             if key == "tokenizer":
                 if value is not None:
@@ -470,10 +475,15 @@ class Im2LatexDataset:
         out: list[list[int]] = []
         # Neighbouring buckets are merged until a batch fills, so rare sizes are not dropped.
         pending: list[int] = []
+        lengths = self._label_lengths() if self.length_pool else None
         for key in sorted(buckets):
             members = buckets[key]
             if self.shuffle:
                 rng.shuffle(members)
+            if lengths is not None:
+                pool = self.length_pool * self.batchsize
+                members = [i for lo in range(0, len(members), pool)
+                           for i in sorted(members[lo : lo + pool], key=lengths.__getitem__)]
             pending += members
             while len(pending) >= self.batchsize:
                 out.append(pending[: self.batchsize])
@@ -576,7 +586,7 @@ _FIELD_TYPES = {"roots": (str,), "paths": (str,), "root_ids": (int,), "widths": 
 _SETTING_TYPES = {"shuffle": (bool,), "batchsize": (int,), "max_seq_len": (int,), "max_dimensions": (list, tuple),
                   "min_dimensions": (list, tuple), "pad": (bool,), "keep_smaller_batches": (bool,), "test": (bool,),
                   "patch_size": (int,), "seed": (int,), "corpus_weights": (dict,), "max_label_tokens": (int,),
-                  "augment_level": (str,)}
+                  "augment_level": (str,), "length_pool": (int,)}
 
 
 def _check_fields(data: dict, filename: str) -> None:
