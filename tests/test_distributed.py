@@ -60,10 +60,10 @@ def _metrics(run: Path) -> list[dict]:
 
 def test_two_ranks_with_half_batches_make_the_step_of_one_with_the_whole_batch(data):
     one = subprocess.run([sys.executable, *_args(data, "one", 2)], cwd=REPO, env=_env(), capture_output=True,
-                         text=True, timeout=600)
+                         text=True, timeout=1800)
     assert one.returncode == 0, one.stderr[-2000:]
     two = subprocess.run([*_torchrun(2), *_args(data, "two", 2)], cwd=REPO, env=_env(), capture_output=True,
-                         text=True, timeout=600)
+                         text=True, timeout=1800)
     assert two.returncode == 0, two.stderr[-3000:]
     a = load_file(str(data / "runs" / "one" / "last" / "model.safetensors"))
     b = load_file(str(data / "runs" / "two" / "last" / "model.safetensors"))
@@ -84,7 +84,7 @@ def test_two_ranks_killed_and_resumed_continue_exactly(data):
     proc = subprocess.Popen([*_torchrun(2), *args], cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     run = data / "runs" / name
-    deadline = time.time() + 600
+    deadline = time.time() + 1800
     killed_at = None
     while time.time() < deadline and proc.poll() is None:
         if (run / "last.pt").exists() and (run / "metrics.jsonl").exists():
@@ -101,7 +101,7 @@ def test_two_ranks_killed_and_resumed_continue_exactly(data):
     assert killed_at is not None, "training did not reach its first checkpoint"
     before = {m["step"]: m for m in _metrics(run)}
     resumed = subprocess.run([*_torchrun(2), *args, "--resume"], cwd=REPO, env=_env(), capture_output=True,
-                             text=True, timeout=600)
+                             text=True, timeout=1800)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = _metrics(run)[len(before):]
     first = after[0]
@@ -126,7 +126,7 @@ def test_sigterm_stops_both_ranks_together_with_the_state_saved_once(data):
     proc = subprocess.Popen([*_torchrun(2), *_args(data, name, 1000)], cwd=REPO, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run = data / "runs" / name
-    deadline = time.time() + 300
+    deadline = time.time() + 1800
     while time.time() < deadline and not ((run / "metrics.jsonl").exists() and len(_metrics(run)) >= 3):
         time.sleep(0.1)
     proc.terminate()  # torchrun passes SIGTERM on to both ranks
