@@ -24,7 +24,10 @@ def predict_main(argv: Sequence[str]) -> int:
     parser.add_argument("--encoder-batch", type=int,
                         help="images encoded at once: memory against speed (default: 2 on CPU, else the batch)")
     parser.add_argument("--format", choices=("text", "json"), default="text",
-                        help="text: the LaTeX (path<TAB>LaTeX for several images); json: one object per image")
+                        help="text: the LaTeX (path<TAB>LaTeX for several images); json: one object per image "
+                             "with 'confidence' (the mean log-probability of the chosen tokens: 0 is certain, "
+                             "-1 means e^-1 = 0.37 per token on average) and 'seconds' (the image's preparation "
+                             "plus an even share of its batch's decoding time)")
     parser.add_argument("--no-rescale", action="store_true", help="do not normalize the glyph size")
     parser.add_argument("--device", help="cpu, cuda, … (default: CUDA when available)")
     parser.add_argument("--engine", choices=("torch", "onnx"), default="torch",
@@ -91,8 +94,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "split": "pix2tex.dataset.split",
         "export": "pix2tex.export",
     }
+    what = {
+        "predict": "read formula images, print their LaTeX (pix2tex predict --help)",
+        "train": "train a model from a YAML config (python -m pix2tex.train)",
+        "eval": "score a model on a dataset or a folder of labelled images",
+        "render": "render formulas to training images with TeX (sandboxed)",
+        "dataset": "train a tokenizer or build a dataset .pkl",
+        "split": "split rendered labels into train/valid/test",
+        "export": "export a model folder to ONNX",
+    }
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in verbs:
-        usage = "usage: pix2tex {" + ",".join(verbs) + "} …\n  pix2tex predict IMAGE… [--checkpoint MODEL]"
+        usage = "usage: pix2tex COMMAND …\n\ncommands:\n" + "".join(
+            f"  {verb:<8} {what[verb]}\n" for verb in verbs) + "\nexample: pix2tex predict formula.png"
         if argv and argv[0] not in ("-h", "--help"):
             print(f"error: unknown command {argv[0]!r}\n{usage}", file=sys.stderr)
             return 2
