@@ -3,7 +3,7 @@
     python -m pix2tex.demo [IMAGE…]
 
 Renders the formulas of ``pix2tex/dataset/demo_formulas.txt`` with TeX into a temporary folder,
-reads them back with the model that ships in the package, and prints each image's path, the
+reads them back with the model that ships in the package, and prints for each (by its number) the
 prediction and the reference.  Extra image paths are read too (no reference to compare with).
 """
 
@@ -44,8 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             paths.append(str(path))
             references.append(normalize(formula))
         predictions = ocr.predict(paths + extra)
-        for pred, ref in zip(predictions, references + [None] * len(extra)):
-            print(pred.source)
+        for k, (pred, ref) in enumerate(zip(predictions, references + [None] * len(extra))):
+            # The rendered demo images live in a folder that is gone when the demo ends: name them
+            # by their formula instead of printing a path nobody can open.
+            print(f"demo formula {k + 1}" if ref is not None else pred.source)
             if pred.error is not None:
                 print(f"  error: {pred.error}")
                 status = 1
