@@ -432,3 +432,17 @@ def test_length_pools_cut_padding_and_keep_every_sample(sample):
     finally:
         sample.update(length_pool=0)
     assert sample.batches(3) == plain  # off: the order earlier runs used
+
+
+def test_augmentation_survives_renders_a_few_pixels_wide(tmp_path, tokenizer_path):
+    """A render of "|" or "." alone is a few pixels wide; GridDistortion divided by zero on such an
+    image and killed a training run's DataLoader worker.  Every augmentation seed must give a batch."""
+    from PIL import Image as PILImage
+
+    (tmp_path / "images").mkdir()
+    PILImage.new("L", (2, 5), 0).save(tmp_path / "images" / "0.png")
+    (tmp_path / "labels.tsv").write_text("images/0.png\t|\n")
+    ds = Im2LatexDataset(tmp_path / "labels.tsv", tmp_path, tokenizer=tokenizer_path, test=False)
+    for seed in range(100):  # GridDistortion runs with p=0.15: some of these seeds apply it
+        batch = ds.prepare_data([0], augment_seed=seed)
+        assert batch.images.shape[0] == 1

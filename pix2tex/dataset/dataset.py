@@ -547,7 +547,12 @@ class Im2LatexDataset:
                     copy = seen[i]
                     seen[i] += 1
                     transform.set_random_seed((augment_seed * 1_000_003 + i + copy * 7_919_993) % 2**32)
-                image = transform(image=image)["image"]
+                try:
+                    image = transform(image=image)["image"]
+                except (ZeroDivisionError, ValueError):
+                    # albumentations' GridDistortion divides by zero on renders only a few pixels wide
+                    # (a "|" or "." alone): such an image is used as rendered.
+                    pass
             # The same crop, contrast and glyph-scale normalization as inference (pix2tex.preprocess),
             # so the model is trained on exactly the kind of input it will be given.  The glyph
             # height is the one measured on the clean render: measured again after blur, erosion or
