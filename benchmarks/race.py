@@ -68,27 +68,26 @@ CANDIDATES = [
 ]
 
 
-def _fmt(value) -> str:
-    return json.dumps(value) if not isinstance(value, str) else value
+def _train_args(settings: dict, data: Path, run: Path) -> list[str]:
+    """The ``pix2tex.train`` command for a candidate's run ({data} in settings is the data folder)."""
+    from pix2tex.train import override_args
+
+    settings = {k: v.format(data=data) if isinstance(v, str) else v for k, v in settings.items()}
+    args = [sys.executable, "-m", "pix2tex.train", "--config", str(BASE_CONFIG), "--no-progress",
+            *override_args(settings)]
+    return [*args, "--resume"] if (run / "last.pt").exists() else args
 
 
 def train_segment(cand: Candidate, data: Path, out: Path, until: float) -> None:
     """Train (or resume) ``cand`` until its run has used ``until`` CPU minutes."""
-    run = out / cand.name
-    resume = (run / "last.pt").exists()
     settings = {
         "data": f"{data}/train.pkl", "tokenizer": f"{data}/tokenizer.json", "valdata": None, "testdata": None,
         "model_path": str(out), "name": cand.name, "sample_freq": 10**9, "num_workers": 0, "epochs": 1000,
         "log_every": 25, **cand.settings_at(until - 1e-6), "max_cpu_minutes": until,
     }
-    args = [sys.executable, "-m", "pix2tex.train", "--config", str(BASE_CONFIG), "--no-progress"]
-    for key, value in settings.items():
-        value = value.format(data=data) if isinstance(value, str) else value
-        args += ["--set", f"{key}={'null' if value is None else _fmt(value)}"]
-    if resume:
-        args.append("--resume")
-    with open(run.parent / f"{cand.name}.log", "a") as log:
-        subprocess.run(args, check=True, stdout=log, stderr=subprocess.STDOUT, env=_one_thread_env(), cwd=REPO)
+    with open(out / f"{cand.name}.log", "a") as log:
+        subprocess.run(_train_args(settings, data, out / cand.name), check=True, stdout=log,
+                       stderr=subprocess.STDOUT, env=_one_thread_env(), cwd=REPO)
 
 
 def continue_run(cand: Candidate, data: Path, out: Path, threads: int = 2) -> int:
@@ -101,15 +100,10 @@ def continue_run(cand: Candidate, data: Path, out: Path, threads: int = 2) -> in
         "sample_freq": 500, "valbatches": 8, "testbatchsize": 25, "num_workers": 1, "epochs": 1000, "log_every": 25,
         **cand.settings_at(float("inf")), "max_cpu_minutes": None, "cpu_bf16": True, "length_pool": 32,
     }
-    args = [sys.executable, "-m", "pix2tex.train", "--config", str(BASE_CONFIG), "--no-progress"]
-    for key, value in settings.items():
-        value = value.format(data=data) if isinstance(value, str) else value
-        args += ["--set", f"{key}={'null' if value is None else _fmt(value)}"]
-    if (out / cand.name / "last.pt").exists():
-        args.append("--resume")
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     with open(out / f"{cand.name}.log", "a") as log:
-        return subprocess.run(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO).returncode
+        return subprocess.run(_train_args(settings, data, out / cand.name), stdout=log, stderr=subprocess.STDOUT,
+                              env=env, cwd=REPO).returncode
 
 
 def _one_thread_env() -> dict:

@@ -226,38 +226,45 @@ def compare(pix2tex_python: str, names: list[str]) -> list[dict]:
     return out
 
 
-RECIPES = {  # end-to-end throughput: config file + overrides
+RECIPES = {  # end-to-end throughput: config file + overrides (pinned to what RESULTS measured)
     "default": ("default.yaml", {}),
-    "recipe": ("recipe.yaml", {}),
+    "recipe": ("recipe.yaml", {"cpu_bf16": False, "length_pool": 0}),
     "recipe_bf16": ("recipe.yaml", {"cpu_bf16": True, "length_pool": 0}),
     "recipe_bf16_pool": ("recipe.yaml", {"cpu_bf16": True, "length_pool": 32}),
 }
 
 
-def throughput(names: list[str], data: Path, steps: int, threads: int) -> list[dict]:
-    """Samples/s of real training runs (``pix2tex.train`` on ``data``, DataLoader worker and
-    augmentation included, validation excluded): the median over steps 6..``steps``."""
+def training_rate(config_file: Path, settings: dict, steps: int, threads: int,
+                  launcher: list[str] | None = None) -> float:
+    """Median samples/s over steps 6..``steps`` of a real ``pix2tex.train`` run (validation off),
+    started by ``launcher`` (default: this Python; torchrun for several processes)."""
     import os
     import tempfile
 
+    from pix2tex.train import override_args
+
+    with tempfile.TemporaryDirectory() as tmp:
+        full = {"valdata": None, "testdata": None, "model_path": tmp, "name": "bench", "max_steps": steps,
+                "log_every": 1, "sample_freq": 10**9, **settings}
+        args = [*(launcher or [sys.executable]), "-m", "pix2tex.train", "--config", str(config_file), "--no-progress",
+                *override_args(full)]
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        subprocess.run(args, check=True, capture_output=True, env=env, cwd=REPO)
+        records = [json.loads(line) for line in (Path(tmp) / "bench" / "metrics.jsonl").read_text().splitlines()]
+    return statistics.median(r["samples_per_s"] for r in records if r["step"] > 5)
+
+
+def throughput(names: list[str], data: Path, steps: int, threads: int) -> list[dict]:
+    """Samples/s of real training runs (``pix2tex.train`` on ``data``, DataLoader worker and
+    augmentation included, validation excluded): the median over steps 6..``steps``."""
     rows = []
     for name in names:
         file, overrides = RECIPES[name]
-        with tempfile.TemporaryDirectory() as tmp:
-            settings = {"data": f"{data}/train.pkl", "valdata": None, "testdata": None, "model_path": tmp,
-                        "name": "bench", "max_steps": steps, "log_every": 1, "sample_freq": 10**9, **overrides}
-            tokenizer = "tokenizer_tokens.json" if file == "recipe.yaml" else "tokenizer.json"
-            settings["tokenizer"] = f"{data}/{tokenizer}"
-            args = [sys.executable, "-m", "pix2tex.train", "--config", str(REPO / "pix2tex/model/settings" / file),
-                    "--no-progress"]
-            for key, value in settings.items():
-                args += ["--set", f"{key}={'null' if value is None else json.dumps(value) if not isinstance(value, str) else value}"]
-            env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-            subprocess.run(args, check=True, capture_output=True, env=env, cwd=REPO)
-            records = [json.loads(line) for line in (Path(tmp) / "bench" / "metrics.jsonl").read_text().splitlines()]
-        rates = [r["samples_per_s"] for r in records if r["step"] > 5]
+        tokenizer = "tokenizer_tokens.json" if file == "recipe.yaml" else "tokenizer.json"
+        settings = {"data": f"{data}/train.pkl", "tokenizer": f"{data}/{tokenizer}", **overrides}
+        rate = training_rate(REPO / "pix2tex/model/settings" / file, settings, steps, threads)
         rows.append({"bench": "train_throughput", "recipe": name, "steps": steps,
-                     "samples_per_s": round(statistics.median(rates), 2), "threads": threads})
+                     "samples_per_s": round(rate, 2), "threads": threads})
     return rows
 
 

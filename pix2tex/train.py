@@ -41,7 +41,7 @@ from pix2tex.models.utils import Model, get_model, model_summary
 from pix2tex.normalize import normalize
 from pix2tex.tokenizer import PAD_ID, LatexTokenizer, TokenizerError
 
-__all__ = ["train", "validate", "main", "TrainResult"]
+__all__ = ["train", "validate", "main", "TrainResult", "override_args"]
 
 
 @dataclass
@@ -406,6 +406,15 @@ def _train(config: Config, resume: bool, device: torch.device, progress: bool, d
         logger.close()
         signal.signal(signal.SIGTERM, previous)
     return TrainResult(step, epoch, best_bleu, loss_value, run_dir, ddp.is_main)
+
+
+def override_args(settings: dict[str, Any]) -> list[str]:
+    """``--set KEY=VALUE`` arguments that this command reads back as ``settings`` (None is null)."""
+    out: list[str] = []
+    for key, value in settings.items():
+        text = "null" if value is None else value if isinstance(value, str) else json.dumps(value)
+        out += ["--set", f"{key}={text}"]
+    return out
 
 
 def _parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:

@@ -100,3 +100,13 @@ def test_race_plot_writes_a_png(tmp_path):
     (tmp_path / "race.jsonl").write_text("".join(json.dumps(p) + "\n" for p in points))
     plot(tmp_path, tmp_path / "race.png")
     assert (tmp_path / "race.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_override_args_are_read_back_as_the_same_settings():
+    from pix2tex.train import _parse_overrides, override_args
+
+    settings = {"valdata": None, "name": "run", "max_steps": 12, "max_lr": 2e-3, "cpu_bf16": True,
+                "backbone_channels": [64, 128], "corpus_weights": {"im2latex_val": 4}, "data": "/x/train.pkl"}
+    args = override_args(settings)
+    assert args[::2] == ["--set"] * len(settings)
+    assert _parse_overrides(args[1::2]) == settings
