@@ -6,7 +6,7 @@ process group (NCCL on GPUs, Gloo on CPUs).  A plain ``python -m pix2tex.train``
 and gets :data:`SINGLE`, for which every helper here is a no-op.
 
 How the training loop uses it (pix2tex/train.py): every rank walks the same list of global batches
-(a function of seed and epoch) and takes its own contiguous share of each (:meth:`Dist.shard`);
+(a function of seed and epoch) and takes its own contiguous share of each (:meth:`Dist.rows`);
 DDP averages the gradients; the loss of a share is normalized by the token count of the whole
 global batch (:meth:`Dist.all_sum`), so N ranks make exactly the step one process makes on the
 whole batch.  Only rank 0 writes files and validates.
@@ -42,12 +42,10 @@ class Dist:
     def active(self) -> bool:
         return self.world > 1
 
-    def shard(self, indices: list[int]) -> list[int]:
-        """This rank's contiguous share of a global batch (the batch size is a multiple of world)."""
-        if not self.active:
-            return indices
-        size = len(indices) // self.world
-        return indices[self.rank * size : (self.rank + 1) * size]
+    def rows(self, batch: int) -> slice:
+        """This rank's contiguous share of a global batch of ``batch`` rows (a multiple of world)."""
+        size = batch // self.world
+        return slice(self.rank * size, (self.rank + 1) * size)
 
     def all_sum(self, value: float, device: torch.device) -> float:
         """``value`` summed over all ranks."""

@@ -25,7 +25,7 @@ from PIL import Image
 from pix2tex.checkpoint import load_model_folder
 from pix2tex.fileio import printable_name
 from pix2tex.normalize import normalize
-from pix2tex.preprocess import load_image, prepare, to_batch
+from pix2tex.preprocess import canvas_sizes, load_image, prepare, to_batch
 
 __all__ = ["LatexOCR", "Prediction"]
 
@@ -145,8 +145,7 @@ class LatexOCR:
         step = self.encoder_batch
         mask = None
         if self.config.mask_padding and len(arrays) > 1:  # padded patches hidden: a reading does not depend on its batch
-            sizes = torch.tensor([[min(a.shape[0], x.shape[2]), min(a.shape[1], x.shape[3])] for a in arrays])
-            mask = self.model.memory_mask(x, sizes)
+            mask = self.model.memory_mask(x, canvas_sizes(arrays, x.shape[2], x.shape[3]))
         memory = torch.cat([self.model.encode(x[i : i + step], None if mask is None else mask[i : i + step])
                             for i in range(0, len(x), step)])
         if self.beam > 1:

@@ -35,7 +35,7 @@ __all__ = [
     "ImageLoadError", "BlankImageError",
     "MAX_PIXELS", "DEFAULT_GLYPH_HEIGHT", "MARGIN",
     "load_image", "to_gray", "invert_if_dark", "normalize_contrast", "crop_to_content",
-    "component_sizes", "estimate_glyph_height", "prepare", "to_batch", "MEAN", "STD", "MAX_FILE_BYTES",
+    "component_sizes", "estimate_glyph_height", "prepare", "to_batch", "canvas_sizes", "MEAN", "STD", "MAX_FILE_BYTES",
 ]
 
 MAX_PIXELS = 60_000_000
@@ -518,3 +518,9 @@ def to_batch(images: list[np.ndarray], multiple: int, height: int | None = None,
         canvas[k, 0, :ih, :iw] = im[:ih, :iw]
     x = torch.from_numpy(canvas).float().div_(255.0)
     return x.sub_(MEAN).div_(STD)
+
+
+def canvas_sizes(images: list[np.ndarray], height: int, width: int) -> torch.Tensor:
+    """[B, 2] long: each image's (height, width) inside a ``height`` x ``width`` canvas of :func:`to_batch`
+    (what a model with ``mask_padding`` needs to hide the padding)."""
+    return torch.tensor([[min(im.shape[0], height), min(im.shape[1], width)] for im in images], dtype=torch.long)

@@ -328,8 +328,7 @@ def _train(config: Config, resume: bool, device: torch.device, progress: bool, d
             for batch in loader:
                 # Every rank prepared the whole global batch (the same canvas and padding as one
                 # process would use) and trains on its own contiguous share of it.
-                share = ddp.shard(list(range(batch.images.shape[0])))
-                rows = slice(share[0], share[-1] + 1)
+                rows = ddp.rows(batch.images.shape[0])
                 images, ids = batch.images[rows].to(device), batch.ids[rows].to(device)
                 sizes = None if batch.sizes is None else batch.sizes[rows]
                 total = images.shape[0]

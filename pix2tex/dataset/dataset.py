@@ -37,8 +37,8 @@ from pix2tex.config import ConfigError, check_corpus_weights
 from pix2tex.dataset.transforms import test_transform, train_transform
 from pix2tex.fileio import FileReadError, atomic_path, read_limited
 from pix2tex.normalize import normalize
-from pix2tex.preprocess import (DEFAULT_GLYPH_HEIGHT, MARGIN, MAX_FILE_BYTES, crop_to_content, estimate_glyph_height,
-                                prepare, to_batch)
+from pix2tex.preprocess import (DEFAULT_GLYPH_HEIGHT, MARGIN, MAX_FILE_BYTES, canvas_sizes, crop_to_content,
+                                estimate_glyph_height, prepare, to_batch)
 from pix2tex.tokenizer import LatexTokenizer
 
 __all__ = [
@@ -572,8 +572,8 @@ class Im2LatexDataset:
             width = min(max_w, max(math.ceil(max(im.shape[1], min_w) / p) * p for im in images))
         labels = [self.labels[i] for i in batch]
         ids, mask = self.tokenizer.encode(labels, max_len=self.max_seq_len)
-        sizes = torch.tensor([[min(im.shape[0], height), min(im.shape[1], width)] for im in images], dtype=torch.long)
-        return Batch(to_batch(images, p, height, width), ids, mask, labels, list(batch), sizes)
+        return Batch(to_batch(images, p, height, width), ids, mask, labels, list(batch),
+                     canvas_sizes(images, height, width))
 
     # -- tokenizer (seed) ---------------------------------------------------------------------------
     @staticmethod
