@@ -79,11 +79,6 @@ def predict_main(argv: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import warnings
-
-    # x-transformers decorates helpers with torch.jit.script, which torch now flags on import;
-    # the warning is about the library, not about anything a user of this command can change.
-    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
     argv = list(sys.argv[1:] if argv is None else argv)
     verbs = {
         "predict": None,

@@ -86,10 +86,11 @@ def allowed_latex() -> frozenset[str]:
     return frozenset(line for line in lines if line and not line.startswith("#")) - NEVER
 
 
-def check_allowed(formula: str) -> str | None:
-    """Why ``formula`` uses something outside the allow-list, or None."""
+def check_allowed(formula: str | list[str]) -> str | None:
+    """Why ``formula`` (LaTeX, or its :func:`~pix2tex.normalize.tokenize` tokens) uses something
+    outside the allow-list, or None."""
     allowed = allowed_latex()
-    for token in tokenize(formula):
+    for token in tokenize(formula) if isinstance(formula, str) else formula:
         if _is_command(token) and token not in allowed:
             if token.startswith(("\\begin{", "\\end{")):
                 return f"environment {token[token.index('{'):]} is not on the allow-list"

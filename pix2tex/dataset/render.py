@@ -293,11 +293,12 @@ def check_formula(formula: str) -> str | None:
         return "forbidden command " + document.group(0)
     if not _braces_balanced(formula):
         return "unbalanced braces"
-    if group_depth(tokenize(formula)) > MAX_GROUP_DEPTH:
+    tokens = tokenize(formula)
+    if group_depth(tokens) > MAX_GROUP_DEPTH:
         return f"groups nested deeper than {MAX_GROUP_DEPTH} levels"
     from pix2tex.dataset.allowlist import check_allowed  # imported here: allowlist reads this module's blacklist
 
-    return check_allowed(formula)
+    return check_allowed(tokens)
 
 
 def _braces_balanced(formula: str) -> bool:
@@ -373,8 +374,9 @@ def sandboxed(cmd: Sequence[str], workdir: Path) -> list[str]:
     return args
 
 
-def _limit_tex_memory() -> None:  # runs in the child between fork and exec
-    resource.setrlimit(resource.RLIMIT_AS, (_TEX_MEMORY_BYTES, _TEX_MEMORY_BYTES))
+def _address_space(limit: int) -> Callable[[], None]:
+    """A ``preexec_fn`` (it runs in the child between fork and exec) that caps its address space."""
+    return lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
 def _clean_env() -> dict[str, str]:
@@ -408,7 +410,7 @@ def run_tex(formulas: Sequence[str], font: str, workdir: Path, timeout_s: float)
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             timeout=timeout_s,
-            preexec_fn=_limit_tex_memory,
+            preexec_fn=_address_space(_TEX_MEMORY_BYTES),
         )
     except subprocess.TimeoutExpired:
         # A killed TeX leaves a DVI without postamble: nothing in it can be trusted.
@@ -459,10 +461,6 @@ def _dvi_page_tags(data: bytes) -> list[int] | None:
     return tags[::-1]
 
 
-def _limit_memory() -> None:  # runs in the dvipng child between fork and exec
-    resource.setrlimit(resource.RLIMIT_AS, (_DVIPNG_MEMORY_BYTES, _DVIPNG_MEMORY_BYTES))
-
-
 def _dvipng_command(dvi_name: str, pages: Sequence[int], dpi: int) -> list[str]:
     # dvipng runs inside the DVI's folder: the output name must be relative to it.
     return [
@@ -494,7 +492,7 @@ def _run_dvipng(dvi: Path, by_dpi: dict[int, list[int]],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             timeout=timeout_s,
-            preexec_fn=_limit_memory,  # inherited by each dvipng
+            preexec_fn=_address_space(_DVIPNG_MEMORY_BYTES),  # inherited by each dvipng
         )
     except subprocess.TimeoutExpired:
         timed_out = True
