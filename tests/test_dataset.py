@@ -446,3 +446,10 @@ def test_augmentation_survives_renders_a_few_pixels_wide(tmp_path, tokenizer_pat
     for seed in range(100):  # GridDistortion runs with p=0.15: some of these seeds apply it
         batch = ds.prepare_data([0], augment_seed=seed)
         assert batch.images.shape[0] == 1
+
+
+def test_dataset_files_without_glyph_heights_still_load(sample, tmp_path):
+    data = sample.to_dict()
+    del data["glyphs"]  # written before glyph heights were kept
+    ds = Im2LatexDataset.load_dict(data)
+    assert len(ds) == len(sample) and ds.glyphs == [None] * len(sample)

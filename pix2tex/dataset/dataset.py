@@ -386,9 +386,7 @@ class Im2LatexDataset:
     def update(self, **kwargs: Any) -> None:
         """Change iteration settings (batchsize, shuffle, pad, keep_smaller_batches, test,
         max_seq_len, max_dimensions, min_dimensions, patch_size, seed, corpus_weights, tokenizer)."""
-        allowed = {"batchsize", "shuffle", "pad", "keep_smaller_batches", "test", "max_seq_len",
-                   "max_dimensions", "min_dimensions", "patch_size", "seed", "max_label_tokens", "augment_level",
-                   "length_pool"}
+        allowed = set(_SETTING_TYPES) - {"corpus_weights"}  # corpus_weights is checked on its own below
         for key, value in kwargs.items():
             if key == "tokenizer":
                 if value is not None:
@@ -602,6 +600,8 @@ def _check_fields(data: dict, filename: str) -> None:
     """
     for key, types in _FIELD_TYPES.items():
         values = data.get(key)
+        if key == "glyphs" and values is None:
+            continue  # files written before glyph heights were kept: every glyph height unknown
         if not isinstance(values, list) or not all(type(v) in types for v in values):
             raise DatasetError(f"{filename}: field '{key}' must be a list of {'/'.join(t.__name__ for t in types)}")
     settings = data.get("settings")
