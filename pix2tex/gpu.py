@@ -53,11 +53,11 @@ def prepare(start: Path, data: Path, out: Path = GPU_DIR, *, max_mb: float = 16.
     from pix2tex.checkpoint import load_model_folder, save_model_folder
     from pix2tex.pack import pack
 
+    import torch
+
     out.mkdir(parents=True, exist_ok=True)
     model, config, tokenizer, meta = load_model_folder(start)
-    if (out / "start").exists():
-        shutil.rmtree(out / "start")
-    save_model_folder(out / "start", model.half(), config, tokenizer, meta)
+    save_model_folder(out / "start", model, config, tokenizer, meta, dtype=torch.float16)  # replaces it
     tok = out / "start" / "tokenizer.json"
     valdata = data / "valid_im2latex_val.pkl"
     info = pack(data / "train.pkl", tok, out / "pack.tar", valdata=valdata if valdata.exists() else None,
@@ -131,7 +131,7 @@ def train(gpu_dir: Path, out: Path, minutes: float, work: Path | None = None,
         timer.cancel()
     model, model_config, tokenizer, meta = load_model_folder(work / "runs" / "gpu" / "last")
     target = out / "weights"
-    save_model_folder(target, model.half(), model_config, tokenizer, {**meta, "gpu": device.type})
+    save_model_folder(target, model, model_config, tokenizer, {**meta, "gpu": device.type}, dtype=torch.float16)
     shutil.copy(work / "runs" / "gpu" / "metrics.jsonl", out / "metrics.jsonl")
     return target
 

@@ -32,7 +32,7 @@ __all__ = ["pack", "unpack", "main"]
 
 def _subset(ds: Im2LatexDataset, indices: list[int]) -> Im2LatexDataset:
     """A copy of ``ds`` holding ``indices`` only, with its images under one relative root ('.')."""
-    out = Im2LatexDataset.load_dict(ds.to_dict())
+    out = Im2LatexDataset(**ds.to_dict()["settings"])
     out.roots = ["."]
     out.root_ids = [0] * len(indices)
     out.paths = [_member(ds, i) for i in indices]

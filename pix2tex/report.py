@@ -22,7 +22,7 @@ import numpy as np
 
 from pix2tex.fileio import atomic_write_text
 from pix2tex.image_metrics import compare_rendered
-from pix2tex.metrics import bleu
+from pix2tex.metrics import bleu, exact_match
 from pix2tex.normalize import latex_tokens
 from rapidfuzz.distance import Levenshtein
 
@@ -102,8 +102,7 @@ def summarize(records: Sequence[Record]) -> dict:
         return out
     out["bleu"] = round(bleu([r.prediction for r in records], [r.reference for r in records]), 4)
     out["edit_distance"] = round(sum(r.token_edit for r in records) / len(records), 4)
-    out["exact_match"] = round(sum(latex_tokens(r.prediction) == latex_tokens(r.reference) for r in records)
-                               / len(records), 4)
+    out["exact_match"] = round(exact_match([r.prediction for r in records], [r.reference for r in records]), 4)
     scored = [r for r in records if r.compiled is not None]
     if scored:
         out.update({
