@@ -25,7 +25,7 @@ from PIL import Image
 from pix2tex.checkpoint import load_model_folder
 from pix2tex.fileio import printable_name
 from pix2tex.normalize import normalize
-from pix2tex.preprocess import canvas_sizes, load_image, prepare, to_batch
+from pix2tex.preprocess import MAX_PIXELS, load_image, prepare, to_batch
 
 __all__ = ["LatexOCR", "Prediction"]
 
@@ -65,11 +65,12 @@ class LatexOCR:
         engine: "torch", or "onnx" to run a folder written by ``pix2tex export --onnx`` with
             onnxruntime (CPU).
         threads: CPU threads for the onnx engine (default: onnxruntime's choice).
+        max_pixels: images with more pixels are refused from their header (a server's limit).
     """
 
     def __init__(self, checkpoint: str | os.PathLike | None = None, *, device: str | None = None,
                  beam: int = 1, batch_size: int = 8, rescale: bool = True, engine: str = "torch",
-                 threads: int | None = None, encoder_batch: int | None = None):
+                 threads: int | None = None, encoder_batch: int | None = None, max_pixels: int = MAX_PIXELS):
         if beam < 1 or batch_size < 1 or (encoder_batch is not None and encoder_batch < 1):
             raise ValueError(f"beam ({beam}), batch_size ({batch_size}) and encoder_batch ({encoder_batch}) "
                              "must be at least 1")
@@ -87,7 +88,7 @@ class LatexOCR:
         if engine == "onnx" and self.config.mask_padding:
             # The exported graphs have no padding mask: one image per batch keeps readings exact.
             batch_size = 1
-        self.beam, self.batch_size, self.rescale = beam, batch_size, rescale
+        self.beam, self.batch_size, self.rescale, self.max_pixels = beam, batch_size, rescale, max_pixels
         self.encoder_batch = encoder_batch or (CPU_ENCODER_BATCH if self.device.type == "cpu" else batch_size)
 
     def __call__(self, img: ImageSource) -> str:
@@ -100,7 +101,7 @@ class LatexOCR:
     def prepare(self, img: ImageSource) -> np.ndarray:
         """The model input for one image: grayscale, cropped, scaled, padded (uint8)."""
         c = self.config
-        return prepare(load_image(img), patch_size=c.patch_size, max_height=c.max_height,
+        return prepare(load_image(img, max_pixels=self.max_pixels), patch_size=c.patch_size, max_height=c.max_height,
                        max_width=c.max_width, rescale=self.rescale)
 
     def predict(self, images: Sequence[ImageSource], *, progress: Iterable | None = None) -> list[Prediction]:
@@ -122,38 +123,76 @@ class LatexOCR:
                 results[k] = Prediction(_name(img, k), None, error=message.splitlines()[0])
                 if progress is not None:
                     progress.update(1)
-        # Size buckets: sort by padded shape so each batch pads little.
-        prepared.sort(key=lambda item: (item[1].shape[0], item[1].shape[1]))
-        for lo in range(0, len(prepared), self.batch_size):
-            chunk = prepared[lo : lo + self.batch_size]
+        readings = self.read([arr for _, arr, _ in prepared], progress=progress)
+        for (k, _, prep_s), (text, conf, decode_s) in zip(prepared, readings):
+            results[k] = Prediction(_name(images[k], k), text, conf, prep_s + decode_s)
+        return [r for r in results if r is not None]
+
+    def read(self, arrays: Sequence[np.ndarray], *,
+             progress: Iterable | None = None) -> list[tuple[str, float, float]]:
+        """(LaTeX, confidence, seconds) of prepared images (:meth:`prepare`), in their order.
+
+        Images are decoded in batches of similar size; ``seconds`` is an even share of the batch's
+        decoding time.
+        """
+        order = sorted(range(len(arrays)), key=lambda k: arrays[k].shape)  # size buckets: little padding
+        out: list[tuple[str, float, float] | None] = [None] * len(arrays)
+        for lo in range(0, len(order), self.batch_size):
+            chunk = order[lo : lo + self.batch_size]
             start = time.perf_counter()
-            latex, confidence = self._decode([arr for _, arr, _ in chunk])
+            latex, confidence = self._decode([arrays[k] for k in chunk])
             share = (time.perf_counter() - start) / len(chunk)
-            for (k, _, prep_s), text, conf in zip(chunk, latex, confidence):
-                results[k] = Prediction(_name(images[k], k), text, conf, prep_s + share)
+            for k, text, conf in zip(chunk, latex, confidence):
+                out[k] = (text, conf, share)
             if progress is not None:
                 progress.update(len(chunk))
-        return [r for r in results if r is not None]
+        return [r for r in out if r is not None]
 
     @torch.inference_mode()
     def _decode(self, arrays: list[np.ndarray]) -> tuple[list[str], list[float]]:
-        x = to_batch(arrays, self.config.patch_size).to(self.device)
         limit = self.config.max_seq_len - 1
-        # The encoder's activations, not the decoder's, set the peak memory of a batch; so images are
-        # encoded a few at a time and only their memories are decoded together (986 im2latex images,
-        # batches of 8: peak RSS 969 MiB against 1,016 MiB, see docs/RESULTS.md).
-        step = self.encoder_batch
-        mask = None
-        if self.config.mask_padding and len(arrays) > 1:  # padded patches hidden: a reading does not depend on its batch
-            mask = self.model.memory_mask(x, canvas_sizes(arrays, x.shape[2], x.shape[3]))
-        memory = torch.cat([self.model.encode(x[i : i + step], None if mask is None else mask[i : i + step])
-                            for i in range(0, len(x), step)])
+        if self.config.mask_padding:
+            memory, mask = self._encode_unpadded(arrays)
+        else:  # a model trained to attend to padding reads a padded batch, as it was trained
+            x = to_batch(arrays, self.config.patch_size).to(self.device)
+            memory, mask = torch.cat([self.model.encode(x[i : i + self.encoder_batch])
+                                      for i in range(0, len(x), self.encoder_batch)]), None
         if self.beam > 1:
             out = self.model.decoder.beam_search(memory, beam_size=self.beam, max_new_tokens=limit, memory_mask=mask)
         else:
             out = self.model.decoder.generate(memory, max_new_tokens=limit, memory_mask=mask)
         texts = [normalize(t) for t in self.tokenizer.decode(out.ids.cpu())]
         return texts, out.logprob.float().cpu().tolist()
+
+
+    def _encode_unpadded(self, arrays: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Memories of images encoded each on its own canvas, padded for the decoder, and their mask.
+
+        Masking padded patches in attention is not enough for a reading to be independent of its
+        batch: the backbone's convolutions see the padding beside an image's right and bottom
+        edges (normalized, it is no longer the zero border a lone image gets), so memories
+        changed by up to 1.2 in a mixed batch.  So only images of the same canvas size are
+        encoded together (no padding at all), a few at a time, which also bounds the encoder's
+        activations, the peak of a batch's memory (986 im2latex images, batches of 8: 969 MiB
+        peak RSS against 1,016 MiB with the whole batch at once, see docs/RESULTS.md); the
+        decoder then reads all memories together, their padded rows hidden.
+        """
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for k, arr in enumerate(arrays):
+            by_shape.setdefault(arr.shape, []).append(k)
+        rows: list[torch.Tensor | None] = [None] * len(arrays)
+        for indices in by_shape.values():
+            for lo in range(0, len(indices), self.encoder_batch):
+                part = indices[lo : lo + self.encoder_batch]
+                memory = self.model.encode(to_batch([arrays[k] for k in part], self.config.patch_size).to(self.device))
+                for k, m in zip(part, memory):
+                    rows[k] = m
+        lengths = [m.shape[0] for m in rows]
+        if len(set(lengths)) == 1:
+            return torch.stack(rows), None
+        memory = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
+        mask = torch.arange(memory.shape[1], device=memory.device)[None, :] < torch.tensor(lengths, device=memory.device)[:, None]
+        return memory, mask
 
 
 def expand_inputs(inputs: Sequence[str]) -> list[str]:
