@@ -169,3 +169,23 @@ def test_bundled_model_reads_mixed_sizes_in_one_batch_as_alone(sample_dir):
     alone = [ocr.read([a])[0] for a in arrays]
     assert [t for t, _, _ in together] == [t for t, _, _ in alone]
     assert [c for _, c, _ in together] == pytest.approx([c for _, c, _ in alone], abs=1e-4)
+
+
+def test_finished_rows_leave_the_batch_without_changing_readings(sample_dir):
+    # The lean step drops sequences that reached EOS from its cache; the library's step keeps them.
+    import torch
+
+    from pix2tex.tokenizer import EOS_ID
+
+    names = sorted((sample_dir / "images").glob("*.png"))[:8]
+    ocr = LatexOCR()
+    arrays = [ocr.prepare(p) for p in names]
+    memory, mask = ocr._encode_unpadded(arrays)
+    decoder = ocr.model.decoder
+    with torch.inference_mode():
+        lean = decoder.generate(memory, memory_mask=mask)
+        library = decoder.generate(memory, memory_mask=mask, fast=False)
+    ends = {int((row == EOS_ID).nonzero()[0]) if (row == EOS_ID).any() else -1 for row in lean.ids}
+    assert len(ends) >= 3  # sequences really end at different steps
+    assert torch.equal(lean.ids, library.ids)
+    assert lean.logprob.tolist() == pytest.approx(library.logprob.tolist(), abs=1e-4)

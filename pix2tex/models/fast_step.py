@@ -46,6 +46,11 @@ class FastCache:
         if self.cross_mask is not None:
             self.cross_mask = self.cross_mask.index_select(0, index)
 
+    def keep_rows(self, index: Tensor) -> None:
+        """Only rows ``index`` [B'] go on decoding: drop the others from every buffer, memory's too."""
+        self.reorder(index)
+        self.cross_kv = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.cross_kv]
+
 
 @dataclass
 class _Layer:

@@ -188,29 +188,45 @@ class TextDecoder(nn.Module):
         """
         steps = self._max_new_tokens(max_new_tokens)
         _check_sampling(temperature, top_k, top_p)
-        batch = memory.shape[0]
-        tokens = torch.full((batch, 1), BOS_ID, dtype=torch.long, device=memory.device)
-        ended = torch.zeros(batch, dtype=torch.bool, device=memory.device)
-        logprob_sum = torch.zeros(batch, device=memory.device)
-        length = torch.zeros(batch, device=memory.device)
+        batch, device = memory.shape[0], memory.device
+        out = torch.full((batch, steps), PAD_ID, dtype=torch.long, device=device)
+        logprob_sum = torch.zeros(batch, device=device)
+        length = torch.zeros(batch, device=device)
+        rows = torch.arange(batch, device=device)  # the batch row of each sequence still decoding
+        last = torch.full((batch, 1), BOS_ID, dtype=torch.long, device=device)
+        prefix = last  # the whole prefix, for use_cache=False
+        ended = torch.zeros(batch, dtype=torch.bool, device=device)
         cache, step = None, self._stepper(memory, fast) if use_cache else None
-        for _ in range(steps):
+        # Greedy rows that reached EOS leave the batch (the lean step's cache shrinks with them): a
+        # batch then costs what its sequences need, not its longest one times the batch size.
+        # Sampling keeps every row, so a seeded generator draws the same numbers as before.
+        shrink = stop_at_eos and temperature == 0.0 and isinstance(step, FastStep)
+        width = 0
+        for t in range(steps):
             if use_cache:
-                logits, cache = step(tokens[:, -1:], memory, cache, memory_mask)
+                logits, cache = step(last, memory, cache, memory_mask)
             else:
-                logits = self.net(tokens, context=memory, context_mask=memory_mask)[:, -1]
+                logits = self.net(prefix, context=memory, context_mask=memory_mask)[:, -1]
             logprobs = generation_logprobs(logits)
             nxt = choose_tokens(logprobs, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
             nxt = nxt.masked_fill(ended, PAD_ID)
             chosen = logprobs.gather(1, nxt[:, None]).squeeze(1)
-            logprob_sum += chosen.masked_fill(ended, 0.0)
-            length += (~ended).float()
-            tokens = torch.cat((tokens, nxt[:, None]), dim=1)
+            logprob_sum[rows] += chosen.masked_fill(ended, 0.0)
+            length[rows] += (~ended).float()
+            out[rows, t] = nxt
+            width = t + 1
             if stop_at_eos:
-                ended |= nxt == EOS_ID
+                ended = ended | (nxt == EOS_ID)
                 if bool(ended.all()):
                     break
-        return Generation(ids=tokens[:, 1:], logprob=logprob_sum / length)
+                if shrink and bool(ended.any()):
+                    keep = (~ended).nonzero().squeeze(1)
+                    rows, nxt, ended = rows[keep], nxt[keep], ended[keep]
+                    cache.keep_rows(keep)
+            last = nxt[:, None]
+            if not use_cache:
+                prefix = torch.cat((prefix, last), dim=1)
+        return Generation(ids=out[:, :width], logprob=logprob_sum / length)
 
     @torch.no_grad()
     def beam_search(self, memory: Tensor, *, beam_size: int, max_new_tokens: int | None = None,
