@@ -1,4 +1,4 @@
-# make install | test | demo [IMG=path.png] | bench
+# make install | test | demo [IMG=path.png] | serve | bench
 # A fresh machine needs only python3 (with venv) and apt-get: everything else is installed here.
 PYTHON ?= python3
 VENV := .venv
@@ -6,9 +6,11 @@ BIN := $(VENV)/bin
 TEX_PACKAGES := texlive-latex-base texlive-latex-recommended texlive-fonts-recommended dvipng lmodern bubblewrap
 TEX_FILES := amsmath.sty amssymb.sty lmodern.sty mathptmx.sty mathpazo.sty txfonts.sty pxfonts.sty
 
-.PHONY: install tex test demo bench clean
+BROWSER_PACKAGES := chromium chromium-driver
 
-install: tex $(VENV)/.installed
+.PHONY: install tex browser test demo serve bench clean
+
+install: tex browser $(VENV)/.installed
 
 # TeX Live from Debian's packages, installed only when something is missing; bubblewrap is the
 # sandbox every TeX and dvipng run happens in.
@@ -24,6 +26,16 @@ tex:
 	    fi; \
 	fi
 
+# Debian's Chromium and chromedriver: the web page's tests drive a real headless browser.
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
+	    if [ "$$(id -u)" = 0 ]; then \
+	        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(BROWSER_PACKAGES); \
+	    else \
+	        echo "Chromium is missing; run: sudo apt-get install -y --no-install-recommends $(BROWSER_PACKAGES)" >&2; exit 1; \
+	    fi; \
+	fi
+
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
@@ -35,6 +47,9 @@ test: install
 
 demo: install
 	$(BIN)/python -m pix2tex.demo $(IMG)
+
+serve: install
+	$(BIN)/python -m pix2tex.serve
 
 bench: install
 	$(BIN)/python -m benchmarks.render --json

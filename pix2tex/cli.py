@@ -1,4 +1,4 @@
-"""The ``pix2tex`` command: ``pix2tex predict|train|eval|render|dataset …``.
+"""The ``pix2tex`` command: ``pix2tex predict|train|eval|render|dataset|serve …``.
 
 ``predict`` is implemented here; the other verbs hand their arguments to the modules that the
 seed runs with ``python -m`` (``pix2tex train --config X`` == ``python -m pix2tex.train --config X``).
@@ -88,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "dataset": "pix2tex.dataset.dataset",
         "split": "pix2tex.dataset.split",
         "export": "pix2tex.export",
+        "serve": "pix2tex.serve",
     }
     what = {
         "predict": "read formula images, print their LaTeX (pix2tex predict --help)",
@@ -97,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "dataset": "train a tokenizer or build a dataset .pkl",
         "split": "split rendered labels into train/valid/test",
         "export": "export a model folder to ONNX",
+        "serve": "HTTP API and web page (paste a screenshot) on 127.0.0.1:8502",
     }
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in verbs:
         usage = "usage: pix2tex COMMAND …\n\ncommands:\n" + "".join(

@@ -1,0 +1,436 @@
+"""``pix2tex serve``: an HTTP API and a web page for reading formula images.
+
+    pix2tex serve [--host 127.0.0.1] [--port 8502] [--checkpoint MODEL] [--engine torch|onnx]
+
+Endpoints (described at ``/openapi.json``, browsable at ``/docs`` with assets served locally):
+
+- ``POST /predict/`` (multipart field ``file``) and ``POST /bytes/`` (raw body, or the multipart
+  field ``file``): the public pix2tex's API; both answer the LaTeX as a JSON string.
+- ``POST /v1/predict``: one or more multipart ``file`` fields → ``{"results": [{"latex",
+  "confidence", "seconds"} | {"error"}, …]}``.
+- ``POST /v1/render``: ``{"latex": …}`` → PNG, through the sandboxed TeX renderer.
+- ``GET /health``: model, engine, version and the batcher's counters.
+- ``GET /``: the web page (pix2tex/web).
+
+Requests are read on the event loop; decoding runs in one worker thread, where images from
+requests that arrive close together are decoded as one batch (:class:`Batcher`).  The model
+masks padded patches, so a reading does not depend on its batch-mates.
+"""
+
+import argparse
+import asyncio
+import io
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ServeSettings", "Batcher", "QueueFull", "create_app", "main"]
+
+WEB_DIR = Path(__file__).parent / "web"
+LATEX_MAX_CHARS = 4000  # a /v1/render request with a longer formula is refused (413)
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """What the server accepts and how it batches (the ``pix2tex serve`` options)."""
+
+    max_upload_bytes: int = 10 * 2**20  # whole request body; more → 413
+    max_pixels: int = 25_000_000  # per image, checked from the header; more → 422
+    max_images: int = 16  # images in one /v1/predict request; more → 413
+    max_batch: int = 8  # images decoded together
+    max_wait_ms: float = 10.0  # how long the first request of a batch waits for company
+    max_queue: int = 64  # images waiting or being decoded; more → 503 with Retry-After
+    render_workers: int = 2  # TeX runs at once for /v1/render
+    render_dpi: int = 160
+
+    def __post_init__(self) -> None:
+        for name in ("max_upload_bytes", "max_pixels", "max_images", "max_batch", "max_queue", "render_workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must be ≥ 0, got {self.max_wait_ms}")
+
+
+class QueueFull(Exception):
+    """The batcher holds ``max_queue`` images already."""
+
+
+@dataclass
+class _Job:
+    arrays: list[Any]
+    future: asyncio.Future
+
+
+@dataclass
+class BatchStats:
+    requests: int = 0
+    images: int = 0
+    batches: int = 0
+    largest_batch: int = 0
+
+
+class Batcher:
+    """Decode images from concurrent requests together, in one worker thread.
+
+    ``read(arrays)`` is the model call (``LatexOCR.read``): it runs off the event loop, one batch
+    at a time.  A batch starts with the oldest waiting request and takes every request that
+    arrives within ``max_wait_s`` of it, up to ``max_batch`` images (a request is never split).
+    """
+
+    def __init__(self, read: Callable[[list[Any]], list[Any]], *, max_batch: int, max_wait_s: float,
+                 max_queue: int):
+        self._read, self.max_batch, self.max_wait_s, self.max_queue = read, max_batch, max_wait_s, max_queue
+        self._queue: asyncio.Queue[_Job] | None = None
+        self._task: asyncio.Task | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pix2tex-decode")
+        self.pending = 0  # images queued or being decoded
+        self.stats = BatchStats()
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, arrays: list[Any]) -> list[Any]:
+        """The readings of ``arrays``, in order; raises :class:`QueueFull` at once when full."""
+        if self._queue is None:
+            raise RuntimeError("Batcher.start() was not awaited")
+        if self.pending + len(arrays) > self.max_queue:
+            raise QueueFull(f"{self.pending} images are waiting (limit {self.max_queue})")
+        self.pending += len(arrays)
+        job = _Job(arrays, asyncio.get_running_loop().create_future())
+        self._queue.put_nowait(job)
+        try:
+            return await job.future
+        finally:
+            self.pending -= len(arrays)
+
+    async def _collect(self) -> list[_Job]:
+        assert self._queue is not None
+        jobs = [await self._queue.get()]
+        size = len(jobs[0].arrays)
+        deadline = time.monotonic() + self.max_wait_s
+        while size < self.max_batch:
+            try:
+                job = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    job = await asyncio.wait_for(self._queue.get(), left)
+                except TimeoutError:
+                    break
+            jobs.append(job)
+            size += len(job.arrays)
+        return jobs
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = [job for job in await self._collect() if not job.future.done()]  # a client may be gone
+            arrays = [a for job in jobs for a in job.arrays]
+            if not arrays:
+                continue
+            try:
+                readings = await loop.run_in_executor(self._executor, self._read, arrays)
+            except Exception as exc:  # noqa: BLE001 - every waiting request gets the failure
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+                continue
+            self.stats.requests += len(jobs)
+            self.stats.images += len(arrays)
+            self.stats.batches += 1
+            self.stats.largest_batch = max(self.stats.largest_batch, len(arrays))
+            at = 0
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_result(readings[at : at + len(job.arrays)])
+                at += len(job.arrays)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``max_bytes`` gets 413 before it is parsed.
+
+    The declared Content-Length is checked first; a body sent without one (chunked) is counted as
+    it streams in, so nothing larger than the limit is ever buffered or spooled to disk.
+    """
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._refuse(send, int(declared))
+        seen = 0
+        started = False
+
+        async def counting_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise BodyTooLarge()
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except BodyTooLarge:
+            if not started:
+                await self._refuse(send, seen)
+
+    async def _refuse(self, send, size: int) -> None:
+        from starlette.responses import JSONResponse
+
+        detail = f"request body is over the {self.max_bytes:,}-byte limit ({size:,} bytes or more)"
+        response = JSONResponse({"detail": detail}, status_code=413, headers={"Connection": "close"})
+        await response({"type": "http"}, _no_receive, send)
+
+
+async def _no_receive():
+    return {"type": "http.disconnect"}
+
+
+def create_app(ocr, settings: ServeSettings = ServeSettings(), *, model_name: str = "bundled",
+               engine: str = "torch"):
+    """The FastAPI application around a loaded :class:`~pix2tex.inference.LatexOCR`."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import File, HTTPException, Request, UploadFile
+    from fastapi.responses import FileResponse, Response
+    from fastapi.staticfiles import StaticFiles
+    from fastapi_offline import FastAPIOffline
+    from pydantic import BaseModel, Field
+
+    import pix2tex
+    from pix2tex.fileio import printable_name
+
+    batcher = Batcher(ocr.read, max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000,
+                      max_queue=settings.max_queue)
+    render_pool = ThreadPoolExecutor(max_workers=settings.render_workers, thread_name_prefix="pix2tex-render")
+    renders = {"pending": 0}  # /v1/render requests running or waiting for a worker
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        await batcher.start()
+        try:
+            yield
+        finally:
+            await batcher.stop()
+            render_pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPIOffline(title="pix2tex", version=pix2tex.__version__, lifespan=lifespan,
+                         description="Read an image of a math formula and write its LaTeX.")
+    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
+
+    class Reading(BaseModel):
+        latex: str | None = Field(None, description="the LaTeX (null when the image could not be read)")
+        confidence: float | None = Field(
+            None, description="mean log-probability of the chosen tokens: 0 is certain, -1 means e^-1 = 0.37 "
+                              "per token on average")
+        seconds: float | None = Field(None, description="this image's preparation plus an even share of its "
+                                                        "batch's decoding time (not the time in the queue)")
+        error: str | None = Field(None, description="why this image could not be read (one line)")
+
+    class Readings(BaseModel):
+        results: list[Reading]
+
+    class RenderRequest(BaseModel):
+        latex: str = Field(..., description="a formula, as in $...$ (no delimiters)")
+        dpi: int = Field(settings.render_dpi, ge=50, le=400, description="resolution of the PNG")
+
+    def prepare_one(data: bytes, name: str):
+        """(array, seconds) or (None, one-line reason) for one upload."""
+        start = time.perf_counter()
+        try:
+            return ocr.prepare(data), time.perf_counter() - start
+        except (ValueError, OSError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            reason = reason.removeprefix("<bytes>: ")
+            return None, f"{printable_name(name)}: {reason}"
+
+    async def read_uploads(uploads: Sequence[tuple[bytes, str]]) -> list[Reading]:
+        loop = asyncio.get_running_loop()
+        prepared = await asyncio.gather(*(loop.run_in_executor(None, prepare_one, data, name)
+                                          for data, name in uploads))
+        good = [arr for arr, _ in prepared if arr is not None]
+        try:
+            readings = iter(await batcher.submit(good)) if good else iter(())
+        except QueueFull as exc:
+            raise HTTPException(503, f"server busy: {exc}", headers={"Retry-After": "1"}) from None
+        out = []
+        for arr, extra in prepared:
+            if arr is None:
+                out.append(Reading(error=extra))
+            else:
+                latex, confidence, decode_s = next(readings)
+                out.append(Reading(latex=latex, confidence=round(confidence, 4), seconds=round(extra + decode_s, 4)))
+        return out
+
+    async def read_one(data: bytes, name: str) -> str:
+        (reading,) = await read_uploads([(data, name)])
+        if reading.error is not None:
+            raise HTTPException(422, reading.error)
+        return reading.latex or ""
+
+    @app.post("/predict/", summary="LaTeX of one image (the public pix2tex's endpoint)", response_model=str)
+    async def predict_file(file: UploadFile = File(..., description="the image")) -> str:
+        return await read_one(await file.read(), file.filename or "upload")
+
+    @app.post("/bytes/", summary="LaTeX of raw image bytes (or the multipart field 'file')", response_model=str,
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                  "multipart/form-data": {"schema": {"type": "object", "properties": {
+                      "file": {"type": "string", "format": "binary"}}}}}}})
+    async def predict_bytes(request: Request) -> str:
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            async with request.form(max_files=1, max_fields=1) as form:
+                upload = form.get("file")
+                if upload is None or isinstance(upload, str):
+                    raise HTTPException(422, "multipart request without a 'file' field")
+                return await read_one(await upload.read(), upload.filename or "upload")
+        return await read_one(await request.body(), "body")
+
+    @app.post("/v1/predict", response_model=Readings, response_model_exclude_none=True,
+              summary="Read one or more images (multipart 'file' fields); each gets its reading or its error",
+              responses={413: {"description": "body or image count over the limit"},
+                         422: {"description": "no image could be read"},
+                         503: {"description": "queue full (see Retry-After)"}})
+    async def predict_v1(file: list[UploadFile] = File(..., description="one or more images")) -> Readings:
+        if len(file) > settings.max_images:
+            raise HTTPException(413, f"{len(file)} images in one request, over the limit of {settings.max_images}")
+        uploads = [(await f.read(), f.filename or f"upload {k}") for k, f in enumerate(file)]
+        results = await read_uploads(uploads)
+        if all(r.error is not None for r in results):
+            raise HTTPException(422, "; ".join(r.error for r in results if r.error))
+        return Readings(results=results)
+
+    @app.post("/v1/render", summary="LaTeX in, PNG out (TeX in a sandbox)",
+              response_class=Response, responses={200: {"content": {"image/png": {}}},
+                                                 413: {"description": "formula too long"},
+                                                 422: {"description": "TeX refused the formula (its reason)"},
+                                                 503: {"description": "all render slots busy"}})
+    async def render(body: RenderRequest) -> Response:
+        from pix2tex.dataset.render import RenderError, render_images
+
+        latex = body.latex.strip()
+        if not latex:
+            raise HTTPException(422, "empty formula")
+        if len(latex) > LATEX_MAX_CHARS:
+            raise HTTPException(413, f"formula is {len(latex)} characters, over the limit of {LATEX_MAX_CHARS}")
+        if renders["pending"] >= 4 * settings.render_workers:  # each TeX run is a process: shed load early
+            raise HTTPException(503, "renderer busy", headers={"Retry-After": "1"})
+        renders["pending"] += 1
+        try:
+            (result,) = await asyncio.get_running_loop().run_in_executor(
+                render_pool, lambda: render_images([latex], dpi=body.dpi))
+        except RenderError as exc:  # TeX itself is missing or broken: the server's fault, not the client's
+            raise HTTPException(500, str(exc)) from None
+        finally:
+            renders["pending"] -= 1
+        if result.image is None:
+            raise HTTPException(422, result.error or "TeX could not render the formula")
+        buffer = io.BytesIO()
+        result.image.save(buffer, format="PNG")
+        return Response(buffer.getvalue(), media_type="image/png")
+
+    @app.get("/health", summary="Model, engine, version and batching counters")
+    async def health() -> dict[str, Any]:
+        s = batcher.stats
+        return {"status": "ok", "model": model_name, "engine": engine, "version": pix2tex.__version__,
+                "device": str(ocr.device), "pending": batcher.pending,
+                "batches": {"requests": s.requests, "images": s.images, "batches": s.batches,
+                            "largest": s.largest_batch, "max_batch": settings.max_batch,
+                            "max_wait_ms": settings.max_wait_ms}}
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(WEB_DIR / "index.html")
+
+    app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
+    return app
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    d = ServeSettings()
+    p = argparse.ArgumentParser(prog="pix2tex serve", description="Serve the model over HTTP with a web page at /.")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8502)
+    p.add_argument("--checkpoint", help="model folder (default: the bundled model)")
+    p.add_argument("--engine", choices=("torch", "onnx"), default="torch",
+                   help="onnx: a folder written by `pix2tex export --onnx DIR`, run with onnxruntime")
+    p.add_argument("--device", help="cpu, cuda, … (torch engine; default: CUDA when available)")
+    p.add_argument("--beam", type=int, default=1, help="beam size (1: greedy)")
+    p.add_argument("--max-batch", type=int, default=d.max_batch, help="images decoded together")
+    p.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms,
+                   help="how long a request waits for others to share its batch")
+    p.add_argument("--max-queue", type=int, default=d.max_queue, help="images waiting at most; more get 503")
+    p.add_argument("--max-upload-mb", type=float, default=d.max_upload_bytes / 2**20, help="request body limit")
+    p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="pixels per image at most")
+    p.add_argument("--max-images", type=int, default=d.max_images, help="images per /v1/predict request")
+    p.add_argument("--threads", type=int, help="CPU threads for the model")
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
+    try:
+        settings = ServeSettings(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
+                                 max_images=args.max_images, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                                 max_queue=args.max_queue)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        import uvicorn
+    except ImportError:
+        print("error: the server needs its extra: pip install 'pix2tex[serve]'", file=sys.stderr)
+        return 2
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "8")  # see cli.predict_main
+    import torch
+
+    from pix2tex.checkpoint import CheckpointError
+    from pix2tex.inference import LatexOCR
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        ocr = LatexOCR(args.checkpoint, device=args.device, beam=args.beam, batch_size=settings.max_batch,
+                       engine=args.engine, threads=args.threads, max_pixels=settings.max_pixels)
+    except (CheckpointError, ValueError, ImportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    app = create_app(ocr, settings, model_name=args.checkpoint or "bundled", engine=args.engine)
+    print(f"pix2tex serve: http://{args.host}:{args.port}/ (API docs at /docs)", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
