@@ -15,6 +15,7 @@ import math
 import os
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -233,6 +234,19 @@ _FIXED_KEYS = {"pad_token": PAD_ID, "bos_token": BOS_ID, "eos_token": EOS_ID}
 _FILE_KEYS = ("data", "valdata", "testdata", "tokenizer", "load_chkpt")
 # Seed spellings read as today's names.
 _ALIASES = {"test_data": "testdata", "load_ckpt": "load_chkpt"}
+# Seed keys accepted so the seed's settings files load, but acted on by nothing here: a value other
+# than the default gets a warning that says what to use instead.
+_UNUSED_SEED_KEYS = {
+    "testdata": "pix2tex eval takes the test set as --data",
+    "output_path": "pix2tex eval writes its predictions to --out",
+    "debug": "there is no debug mode; metrics.jsonl and the log hold every step's numbers",
+    "temperature": "validation decodes greedily; sample with Model.generate(temperature=...)",
+    "max_dimensions_filter": "images larger than max_height x max_width are shrunk to fit, never dropped",
+}
+
+
+class SeedKeyWarning(UserWarning):
+    """A seed setting was given a value, but nothing in this implementation reads it."""
 
 
 def _check_type(key: str, value: Any, annotation: Any, source: str) -> Any:
@@ -303,6 +317,10 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>", check_files: b
         config = Config(model=ModelConfig(**model_kw), train=TrainConfig(**train_kw))
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    for key, instead in _UNUSED_SEED_KEYS.items():
+        if key in train_kw and train_kw[key] != _TRAIN_KEYS[key].default:
+            warnings.warn(f"{source}: '{key}' is a seed setting that nothing here reads ({instead})",
+                          SeedKeyWarning, stacklevel=2)
     if check_files:
         for key in _FILE_KEYS:
             value = getattr(config.train, key)

@@ -84,3 +84,21 @@ def test_settings_files_refuse_aliases_and_special_files(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(ConfigError, match="not a regular file"):
         load_config(fifo, check_files=False)
+
+
+def test_unused_seed_keys_warn_only_when_given_a_value(tmp_path):
+    import warnings
+
+    from pix2tex.config import SeedKeyWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        config_from_dict({"temperature": 0.2, "debug": False})  # the defaults: silent
+        for name in ("default.yaml", "config-hybrid.yaml", "config-vit.yaml"):
+            load_config(SETTINGS / name, check_files=False)
+    with pytest.warns(SeedKeyWarning) as caught:
+        config_from_dict({"debug": True, "max_dimensions_filter": False, "testdata": "t.pkl"}, check_files=False)
+    messages = sorted(str(w.message) for w in caught)
+    assert len(messages) == 3
+    assert messages[0].startswith("<dict>: 'debug' is a seed setting that nothing here reads")
+    assert "shrunk to fit" in messages[1] and "--data" in messages[2]
