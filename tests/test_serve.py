@@ -182,3 +182,15 @@ def test_serve_refuses_bad_options_in_one_line():
     out = subprocess.run([sys.executable, "-m", "pix2tex.cli", "serve", "--max-batch", "0"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and out.stderr.strip() == "error: max_batch must be at least 1, got 0"
+
+
+def test_onnx_engine_serves_the_exported_model(tmp_path, image_bytes):
+    from pix2tex.export import export_onnx
+
+    folder = export_onnx(None, tmp_path / "onnx")
+    expected = LatexOCR(folder, engine="onnx")(image_bytes[0])
+    (tmp_path / "tmp").mkdir()
+    with Server("--engine", "onnx", "--checkpoint", str(folder), tmpdir=tmp_path / "tmp") as s:
+        assert s.health()["engine"] == "onnx"
+        r = httpx.post(s.url + "/predict/", files={"file": image_bytes[0]}, timeout=120)
+    assert r.status_code == 200 and r.json() == expected
