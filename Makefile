@@ -1,4 +1,4 @@
-# make install | test | demo [IMG=path.png] | serve | bench
+# make install | test | test-fast | demo [IMG=path.png] | serve | bench
 # A fresh machine needs only python3 (with venv) and apt-get: everything else is installed here.
 PYTHON ?= python3
 VENV := .venv
@@ -8,7 +8,7 @@ TEX_FILES := amsmath.sty amssymb.sty lmodern.sty mathptmx.sty mathpazo.sty txfon
 
 BROWSER_PACKAGES := chromium chromium-driver
 
-.PHONY: install tex browser test demo serve bench clean
+.PHONY: install tex browser test test-fast demo serve bench clean
 
 install: tex browser $(VENV)/.installed
 
@@ -44,6 +44,10 @@ $(VENV)/.installed: pyproject.toml
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# Everything but the slow tests (training runs, a corpus render, multi-process runs): under two minutes.
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
 
 demo: install
 	$(BIN)/python -m pix2tex.demo $(IMG)

@@ -13,6 +13,8 @@ from pix2tex.dataset.render import render_images
 from pix2tex.inference import LatexOCR
 from benchmarks.serve import Server
 
+pytestmark = [pytest.mark.tex, pytest.mark.browser]
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 WAIT_S = 300  # guards against a hang only; a reading takes about a second on an idle machine

@@ -315,6 +315,8 @@ def test_training_refuses_weights_for_a_missing_corpus(two_corpora, tmp_path, to
         load_datasets(config_from_dict({**settings, "corpus_weights": {"im2latex": 2}}))
 
 
+@pytest.mark.slow
+@pytest.mark.tex
 def test_create_data_writes_per_corpus_validation_and_test_sets(tmp_path):
     # The shell recipe end to end on two small real corpora: rendered with TeX, split, tokenized.
     from tests.conftest import read_formulas

@@ -17,6 +17,8 @@ from pix2tex.dataset.dataset import Im2LatexDataset
 from pix2tex.tokenizer import LatexTokenizer
 from tests.conftest import REPO, SAMPLE
 
+pytestmark = [pytest.mark.slow]
+
 DEBUG = REPO / "pix2tex" / "model" / "settings" / "debug.yaml"
 
 

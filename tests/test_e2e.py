@@ -20,6 +20,8 @@ import pytest
 from pix2tex.config import load_config
 from tests.conftest import REPO, read_formulas
 
+pytestmark = [pytest.mark.slow, pytest.mark.tex]
+
 DEBUG = REPO / "pix2tex" / "model" / "settings" / "debug.yaml"
 N_FORMULAS = 120
 STEPS = 600

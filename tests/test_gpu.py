@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from pix2tex.checkpoint import load_model_folder, save_model_folder
@@ -13,6 +14,7 @@ from pix2tex.tokenizer import LatexTokenizer
 from tests.conftest import SAMPLE
 
 
+@pytest.mark.slow
 def test_prepare_train_fetch_on_the_cpu(tmp_path):
     data = tmp_path / "data"
     data.mkdir()

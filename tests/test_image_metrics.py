@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from pix2tex.dataset.render import render_images
 from pix2tex.image_metrics import (binarize, column_edit_distance, compare_rendered, drop_blank_columns,
                                    image_exact_match, image_exact_match_no_ws)
 from pix2tex.report import breakdowns, make_records, render_records, summarize
 from tests.conftest import read_formulas
+
+pytestmark = [pytest.mark.tex]
 
 
 def _canvas(*blocks, width=40, height=12):

@@ -25,6 +25,8 @@ from pix2tex.dataset.render import (
 )
 from pix2tex.normalize import normalize
 
+pytestmark = [pytest.mark.tex]
+
 FORMULAS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "formulas"
 
 GOOD = [r"x^2+\frac{1}{2}", r"\int_0^1 f(x)\,dx = \sum_{n=1}^{\infty} a_n", r"\sqrt{\alpha+\beta}"]

@@ -106,6 +106,7 @@ def test_image_errors_are_422_with_the_reason(server):
     assert r.status_code == 422 and r.json()["detail"] == "a.txt: not an image (cannot identify format)"
 
 
+@pytest.mark.tex
 def test_render_returns_a_png_or_tex_reason(server):
     r = httpx.post(server.url + "/v1/render", json={"latex": r"\frac{a}{b} + \sqrt{x}"}, timeout=60)
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
@@ -162,6 +163,7 @@ def test_docs_and_page_are_served_locally(server):
             assert httpx.get(server.url + ref).status_code == 200, ref
 
 
+@pytest.mark.tex
 def test_uploads_leave_no_temporary_files(server, image_bytes):
     def files() -> set[Path]:  # the server's TMPDIR (torch keeps a cache folder there)
         return set(Path(server.tmpdir).rglob("*"))
