@@ -3,7 +3,7 @@
 The uncached decoder is what the public pix2tex does: each new token runs the full token prefix
 through the decoder again, including the cross-attention projections of the image memory.  The
 cached decoders run only the newest token and reuse the keys/values of the prefix and of the
-memory: ``pix2tex-vit`` is the project's lean step (pix2tex/models/fast_step.py, the default),
+memory: ``pix2tex-vit`` is the project's lean step (LeanStep in pix2tex/models/steps.py, the default),
 ``pix2tex-vit-xtcache`` x-transformers' own cached step.  All decode exactly ``--tokens`` greedy
 tokens (EOS disabled) from the same encoder memory of random images on the seed-sized model with
 random weights; the encoder is run once, outside the timing.  Prints one JSON line per decoder and

@@ -100,7 +100,7 @@ def resolve_model_folder(path: str | os.PathLike | None) -> Path:
 
 def load_model_folder(path: str | os.PathLike | None = None, device: str | torch.device = "cpu"):
     """Load (model, ModelConfig, LatexTokenizer, meta) from a model folder; the model is in eval mode."""
-    from pix2tex.models.utils import get_model  # imported here: checkpoint.py stays light to import
+    from pix2tex.models.model import get_model  # imported here: checkpoint.py stays light to import
 
     folder = resolve_model_folder(path)
     config, tokenizer, meta = read_folder_files(folder)

@@ -22,7 +22,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -33,12 +33,13 @@ from pix2tex.dataset.dataset import DatasetError, Im2LatexDataset, read_labels
 from pix2tex.fileio import atomic_write_text
 from pix2tex.inference import LatexOCR
 from pix2tex.metrics import Scores, score
+from pix2tex.models.model import Model
 from pix2tex.normalize import normalize
+from pix2tex.tokenizer import LatexTokenizer
 
-__all__ = ["evaluate_dataset", "evaluate_folder", "main"]
+__all__ = ["evaluate_dataset", "evaluate_folder", "read_dataset", "main"]
 
 
-@torch.inference_mode()
 def evaluate_dataset(checkpoint: str | None, data: str, *, beam: int = 1, batch_size: int = 16,
                      limit: int | None = None, device: str = "cpu",
                      progress: bool = True) -> tuple[Scores, list[tuple[str, str, str]]]:
@@ -59,19 +60,37 @@ def evaluate_dataset(checkpoint: str | None, data: str, *, beam: int = 1, batch_
             budget -= len(kept[-1])
         batches = kept
     rows: list[tuple[str, str, str]] = []
-    for indices in tqdm(batches, disable=not progress, desc="eval"):
-        batch = ds.prepare_data(indices)
-        x = batch.images.to(device)
-        limit_tokens = config.max_seq_len - 1
-        out = (model.beam_search(x, beam_size=beam, sizes=batch.sizes, max_new_tokens=limit_tokens) if beam > 1
-               else model.generate(x, sizes=batch.sizes, max_new_tokens=limit_tokens))
-        for i, pred, ref in zip(indices, tokenizer.decode(out.ids.cpu()), batch.labels):
-            rows.append((str(ds.image_path(i)), normalize(pred), ref))
+    for indices, predictions, references in read_dataset(model, tokenizer, ds, tqdm(batches, disable=not progress,
+                                                                                    desc="eval"), device, beam=beam):
+        rows += [(str(ds.image_path(i)), p, r) for i, p, r in zip(indices, predictions, references)]
     left_out = len(ds) - sum(len(b) for b in all_batches)
     if left_out and limit is None:
         print(f"note: {left_out} samples exceed the model's size or length limits and were not scored",
               file=sys.stderr)
     return score([r[1] for r in rows], [r[2] for r in rows]), rows
+
+
+def read_dataset(model: Model, tokenizer: LatexTokenizer, dataset: Im2LatexDataset, batches: Iterable[list[int]],
+                 device: str | torch.device, *, beam: int = 1,
+                 bound_by_labels: bool = False) -> Iterator[tuple[list[int], list[str], list[str]]]:
+    """(indices, predicted LaTeX, reference LaTeX) for each batch of a dataset, decoded without gradients.
+
+    Images are fed exactly as in training (one padded batch, padding masked).  ``bound_by_labels``
+    stops decoding at 1.5x the batch's longest reference plus 8 tokens (validation: a cheap bound
+    that does not change the scores of outputs that end in time).
+    """
+    for indices in batches:
+        batch = dataset.prepare_data(indices)
+        limit = model.cfg.max_seq_len - 1
+        if bound_by_labels:
+            limit = min(limit, int(batch.ids.shape[1] * 1.5) + 8)
+        x = batch.images.to(device)
+        # no_grad, not inference_mode: training validates with this and goes on training after;
+        # and only around the model call, never across a yield.
+        with torch.no_grad():
+            out = (model.beam_search(x, beam_size=beam, sizes=batch.sizes, max_new_tokens=limit) if beam > 1
+                   else model.generate(x, sizes=batch.sizes, max_new_tokens=limit))
+        yield list(indices), tokenizer.decode_latex(out.ids.cpu()), list(batch.labels)
 
 
 def evaluate_folder(checkpoint: str | None, images: str, labels: str, *, beam: int = 1, batch_size: int = 16,

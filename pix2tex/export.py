@@ -7,9 +7,10 @@ exporter (``dynamo=False``): it needs nothing beyond torch and onnx, takes under
 keeps batch, image height/width, memory length and cache length dynamic.  (The dynamo exporter
 needs the extra ``onnxscript`` package and took minutes for the encoder.)
 
-x-transformers keeps its key/value cache in a ``LayerIntermediates`` object; the export-only
-wrappers here turn it into plain tensors and back, so the decoder graph is exactly
-:meth:`TextDecoder.step` with tensors in and out.
+The decoder graphs are traced from the lean decoder step that PyTorch decoding runs
+(:class:`pix2tex.models.steps.LeanStep`, with the past concatenated instead of written into a
+buffer), and checked against that step: the arithmetic that is checked is the arithmetic that
+ships.  A decoder the lean step does not cover cannot be exported.
 
 Every export is checked before it is kept: ``onnx.checker`` on each graph, then onnxruntime
 against PyTorch on inputs of other sizes than the traced ones (batch 1 and 3, largest image,
@@ -20,7 +21,6 @@ beside it and renamed into place.
 from __future__ import annotations
 
 import argparse
-import copy
 import inspect
 import json
 import os
@@ -34,13 +34,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
-from x_transformers.x_transformers import Attention, Intermediates, LayerIntermediates
 
 from pix2tex.checkpoint import CONFIG, META, TOKENIZER, load_model_folder, resolve_model_folder
 from pix2tex.config import ModelConfig
 from pix2tex.fileio import replace_folder
-from pix2tex.models.transformer import TextDecoder
-from pix2tex.models.utils import Model
+from pix2tex.models.decoding import FlatCache
+from pix2tex.models.model import Model
+from pix2tex.models.steps import LeanCrossGraph, LeanStep, LeanStepGraph
 from pix2tex.onnx_engine import (CROSS, CROSS_CACHE, DECODER, ENCODER, FORMAT, FORMAT_VERSION, MANIFEST, SELF,
                                  cache_names, make_session)
 from pix2tex.tokenizer import BOS_ID
@@ -53,84 +53,6 @@ TOLERANCE = 1e-3  # largest accepted |onnxruntime - PyTorch|, relative to max(1,
 
 class ExportError(ValueError):
     """The export could not be made or does not reproduce PyTorch; the message is one line."""
-
-
-# -- export-only wrappers -------------------------------------------------------------------------------
-
-class _SplitHeads(nn.Module):
-    """``[B, n, h*d] -> [B, h, n, d]`` with h and d both fixed.
-
-    x-transformers' einops ``Rearrange`` leaves h to be inferred (-1 in the ONNX Reshape), which
-    onnxruntime cannot do for the zero-length context a cached cross-attention step projects.
-    """
-
-    def __init__(self, heads: int, head_dim: int):
-        super().__init__()
-        self.heads, self.head_dim = heads, head_dim
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x.view(x.shape[0], x.shape[1], self.heads, self.head_dim).transpose(1, 2)
-
-
-def exportable_decoder(decoder: TextDecoder) -> TextDecoder:
-    """A copy of ``decoder`` (same weights) whose key/value head splits export to fixed-size reshapes."""
-    decoder = copy.deepcopy(decoder)
-    for module in decoder.modules():
-        to_k, to_v = getattr(module, "to_k", None), getattr(module, "to_v", None)
-        if isinstance(module, Attention) and isinstance(to_k, nn.Linear) and isinstance(to_v, nn.Linear):
-            heads = module.kv_heads
-            module.split_k_heads = _SplitHeads(heads, to_k.out_features // heads)
-            module.split_v_heads = _SplitHeads(heads, to_v.out_features // heads)
-    return decoder
-
-
-def cache_layout(decoder: TextDecoder, memory: Tensor) -> list[str]:
-    """Kind ("self"/"cross") of each attention layer, in the order of the decoder's cache."""
-    with torch.no_grad():
-        _, cache = decoder.step(torch.full((memory.shape[0], 1), BOS_ID), memory, None)
-    return [SELF if inter.layer_type == "a" else CROSS for inter in cache.attn_intermediates]
-
-
-class CrossCacheGraph(nn.Module):
-    """memory [B, N, dim] -> each cross-attention layer's keys and values (computed once per image).
-
-    It is the first decoder step with only the cross-attention cache kept as output; the export
-    drops everything that does not lead to it (embeddings, self-attention, logits).
-    """
-
-    def __init__(self, decoder: TextDecoder):
-        super().__init__()
-        self.decoder = decoder
-
-    def forward(self, memory: Tensor) -> tuple[Tensor, ...]:
-        bos = torch.full((memory.shape[0], 1), BOS_ID, dtype=torch.long)
-        _, cache = self.decoder.step(bos, memory, None)
-        return tuple(t for inter in cache.attn_intermediates if inter.layer_type == "c" for t in inter.cached_kv)
-
-
-class DecoderStepGraph(nn.Module):
-    """One cached step: (tokens [B, 1], every attention layer's keys/values) -> (logits [B, V], new self-attention ones).
-
-    The flat tensors are rebuilt into the ``LayerIntermediates`` that :meth:`TextDecoder.step`
-    reads; the cache length (position of the new token) is the self-attention cache's length.
-    With a cache, x-transformers attends to the cached cross-attention keys only and cuts the
-    context to zero length, so an empty memory stands in for it.
-    """
-
-    def __init__(self, decoder: TextDecoder, layers: list[str], dim: int):
-        super().__init__()
-        self.decoder, self.layers, self.dim = decoder, list(layers), dim
-        self.first_self = self.layers.index(SELF)
-
-    def forward(self, tokens: Tensor, *past: Tensor) -> tuple[Tensor, ...]:
-        inters = [Intermediates(cached_kv=(past[2 * j], past[2 * j + 1]), layer_type="a" if kind == SELF else "c")
-                  for j, kind in enumerate(self.layers)]
-        cache = LayerIntermediates(attn_intermediates=inters, cache_length=past[2 * self.first_self].shape[2])
-        no_memory = torch.zeros(tokens.shape[0], 0, self.dim, dtype=past[0].dtype)
-        logits, cache = self.decoder.step(tokens, no_memory, cache)
-        present = (t for kind, inter in zip(self.layers, cache.attn_intermediates) if kind == SELF
-                   for t in inter.cached_kv)
-        return (logits, *present)
 
 
 # -- tracing --------------------------------------------------------------------------------------------
@@ -159,6 +81,21 @@ def _example_images(cfg: ModelConfig, batch: int, height: int, width: int, seed:
     return torch.randn(batch, cfg.channels, height, width, generator=generator)
 
 
+def _lean_step(model: Model, memory: Tensor) -> LeanStep:
+    step = model.decoder.decoding_step(memory)
+    if not isinstance(step, LeanStep):
+        raise ExportError("the decoder uses options the lean step does not implement, and only the lean step "
+                          "is exported (see pix2tex/models/steps.py)")
+    return step
+
+
+def _past_in_layer_order(layers: list[str], cache: FlatCache) -> list[tuple[Tensor, Tensor]]:
+    """The cache's keys/values of every attention layer in layer order (self-attention ones cut to its length)."""
+    self_kv = iter((k[:, :, : cache.length], v[:, :, : cache.length]) for k, v in cache.self_kv)
+    cross_kv = iter(cache.cross_kv)
+    return [next(self_kv) if kind == SELF else next(cross_kv) for kind in layers]
+
+
 def write_graphs(model: Model, folder: Path) -> list[str]:
     """Trace encoder, cross cache and decoder step into ``folder``; returns the cache layout."""
     cfg, patch = model.cfg, model.cfg.patch_size
@@ -167,8 +104,8 @@ def write_graphs(model: Model, folder: Path) -> list[str]:
            {"images": {0: "batch", 2: "height", 3: "width"}, "memory": {0: "batch", 1: "memory_length"}})
     with torch.no_grad():
         memory = model.encode(images)
-    decoder = exportable_decoder(model.decoder).eval()
-    layers = cache_layout(decoder, memory)
+    lean = _lean_step(model, memory)
+    layers = lean.kinds
     if SELF not in layers:
         raise ExportError("the decoder has no self-attention layer to cache")
 
@@ -176,21 +113,21 @@ def write_graphs(model: Model, folder: Path) -> list[str]:
     cross = [n for j, kind in enumerate(layers) if kind == CROSS for n in cache_names("past", j)]
     present = [n for j, kind in enumerate(layers) if kind == SELF for n in cache_names("present", j)]
     cross_axes = {n: {0: "batch", 2: "memory_length"} for n in cross}
-    _trace(CrossCacheGraph(decoder), (memory,), folder / CROSS_CACHE, ["memory"], cross,
+    _trace(LeanCrossGraph(lean), (memory,), folder / CROSS_CACHE, ["memory"], cross,
            {"memory": {0: "batch", 1: "memory_length"}, **cross_axes})
 
     # Trace the step at cache length 2 so no size-1 dimension gets folded into the graph.
     with torch.no_grad():
-        _, cache = decoder.step(torch.full((2, 1), BOS_ID), memory, None)
-        _, cache = decoder.step(torch.full((2, 1), min(BOS_ID + 3, cfg.num_tokens - 1)), memory, cache)
-    flat = tuple(t for inter in cache.attn_intermediates for t in inter.cached_kv)
+        cache = lean.start(memory, None)
+        lean(torch.full((2, 1), BOS_ID), cache)
+        lean(torch.full((2, 1), min(BOS_ID + 3, cfg.num_tokens - 1)), cache)
+    flat = tuple(t for kv in _past_in_layer_order(layers, cache) for t in kv)
     tokens = torch.full((2, 1), min(BOS_ID + 5, cfg.num_tokens - 1), dtype=torch.long)
     axes = {"tokens": {0: "batch"}, "logits": {0: "batch"}, **cross_axes,
             **{n: {0: "batch", 2: "cache_length"} for j, kind in enumerate(layers) if kind == SELF
                for n in cache_names("past", j)},
             **{n: {0: "batch", 2: "new_cache_length"} for n in present}}
-    _trace(DecoderStepGraph(decoder, layers, cfg.dim), (tokens, *flat), folder / DECODER, ["tokens", *past],
-           ["logits", *present], axes)
+    _trace(LeanStepGraph(lean), (tokens, *flat), folder / DECODER, ["tokens", *past], ["logits", *present], axes)
     return layers
 
 
@@ -236,16 +173,18 @@ def check_graphs(model: Model, folder: Path, layers: list[str], steps: int = 4) 
         (ours,) = sessions[ENCODER].run(None, {"images": images.numpy()})
         diffs[ENCODER] = max(diffs[ENCODER], _diff(f"{ENCODER} at {batch}x{height}x{width}", ours, memory))
 
-    # Decode a few steps of random tokens from the last (batch-3) memory: PyTorch's own first step
-    # (no cache) against cross_cache.onnx + decoder.onnx with empty self-attention caches, then cached steps.
+    # Decode a few steps of random tokens from the last (batch-3) memory: the lean step that PyTorch
+    # decoding runs against cross_cache.onnx + decoder.onnx from empty self-attention caches.
     generator = torch.Generator().manual_seed(1)
     tokens = torch.full((memory.shape[0], 1), BOS_ID, dtype=torch.long)
+    lean = _lean_step(model, memory)
     with torch.no_grad():
-        logits, cache = model.decoder.step(tokens, memory, None)
+        cache = lean.start(memory, None)
+        logits = lean(tokens, cache)
     cross_names = [n for j, kind in enumerate(layers) if kind == CROSS for n in cache_names("past", j)]
     feeds = dict(zip(cross_names, sessions[CROSS_CACHE].run(cross_names, {"memory": memory.numpy()})))
-    for j, (kind, inter) in enumerate(zip(layers, cache.attn_intermediates)):
-        for name, reference in zip(cache_names("past", j), inter.cached_kv):
+    for j, (kind, kv) in enumerate(zip(layers, _past_in_layer_order(layers, cache))):
+        for name, reference in zip(cache_names("past", j), kv):
             if kind == CROSS:
                 diffs[CROSS_CACHE] = max(diffs[CROSS_CACHE], _diff(f"{CROSS_CACHE} {name}", feeds[name], reference))
             else:
@@ -255,15 +194,15 @@ def check_graphs(model: Model, folder: Path, layers: list[str], steps: int = 4) 
         ours, *present = sessions[DECODER].run(None, feeds)
         diffs[DECODER] = max(diffs[DECODER], _diff(f"{DECODER} logits at step {step}", ours, logits))
         present = iter(present)
-        for j, (kind, inter) in enumerate(zip(layers, cache.attn_intermediates)):
+        for j, (kind, kv) in enumerate(zip(layers, _past_in_layer_order(layers, cache))):
             if kind == CROSS:
                 continue
-            for name, reference in zip(cache_names("past", j), inter.cached_kv):
+            for name, reference in zip(cache_names("past", j), kv):
                 feeds[name] = next(present)
                 diffs[DECODER] = max(diffs[DECODER], _diff(f"{DECODER} {name} at step {step}", feeds[name], reference))
         tokens = torch.randint(0, cfg.num_tokens, (memory.shape[0], 1), generator=generator)
         with torch.no_grad():
-            logits, cache = model.decoder.step(tokens, memory, cache)
+            logits = lean(tokens, cache)
     return diffs
 
 

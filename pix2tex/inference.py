@@ -24,7 +24,7 @@ from PIL import Image
 
 from pix2tex.checkpoint import load_model_folder
 from pix2tex.fileio import printable_name
-from pix2tex.normalize import normalize
+from pix2tex.models import decoding
 from pix2tex.preprocess import MAX_PIXELS, load_image, prepare, to_batch
 
 __all__ = ["LatexOCR", "Prediction"]
@@ -157,12 +157,12 @@ class LatexOCR:
             x = to_batch(arrays, self.config.patch_size).to(self.device)
             memory, mask = torch.cat([self.model.encode(x[i : i + self.encoder_batch])
                                       for i in range(0, len(x), self.encoder_batch)]), None
+        step = self.model.decoding_step(memory)
         if self.beam > 1:
-            out = self.model.decoder.beam_search(memory, beam_size=self.beam, max_new_tokens=limit, memory_mask=mask)
+            out = decoding.beam_search(step, memory, beam_size=self.beam, steps=limit, memory_mask=mask)
         else:
-            out = self.model.decoder.generate(memory, max_new_tokens=limit, memory_mask=mask)
-        texts = [normalize(t) for t in self.tokenizer.decode(out.ids.cpu())]
-        return texts, out.logprob.float().cpu().tolist()
+            out = decoding.generate(step, memory, steps=limit, memory_mask=mask)
+        return self.tokenizer.decode_latex(out.ids.cpu()), out.logprob.float().cpu().tolist()
 
 
     def _encode_unpadded(self, arrays: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -12,10 +12,10 @@ An ONNX model folder holds three graphs and what is needed to read their output:
 
 The first decoder step runs ``decoder.onnx`` with zero-length self-attention caches, so one graph
 serves every step.  :class:`OnnxModel` has the decoding interface of
-:class:`pix2tex.models.utils.Model` that :class:`pix2tex.LatexOCR` uses (``encode``, ``generate``,
-``beam_search``, ``cfg``, ``tokenizer``); its decoding loops *are* :class:`TextDecoder`'s own
-(``OnnxDecoder`` only replaces the step), so greedy and beam-search tokens follow exactly the
-same rules as PyTorch's.
+:class:`pix2tex.models.model.Model` that :class:`pix2tex.LatexOCR` uses (``encode``,
+``decoding_step``, ``generate``, ``beam_search``, ``cfg``, ``tokenizer``); :class:`OnnxStep` is one
+more step for the decoding loops of :mod:`pix2tex.models.decoding`, so greedy and beam-search
+tokens follow exactly the same rules as PyTorch's.
 """
 
 from __future__ import annotations
@@ -27,23 +27,23 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
-from x_transformers.x_transformers import Intermediates, LayerIntermediates
+from torch import Tensor
 
 from pix2tex.checkpoint import CheckpointError, read_folder_files
 from pix2tex.config import ModelConfig
-from pix2tex.models.transformer import Generation, TextDecoder
+from pix2tex.models import decoding
+from pix2tex.models.decoding import FlatCache, Generation, check_max_new_tokens
 from pix2tex.models.vit import check_images
 from pix2tex.tokenizer import LatexTokenizer
 
 __all__ = [
     "ENCODER", "CROSS_CACHE", "DECODER", "MANIFEST", "FORMAT", "FORMAT_VERSION", "SELF", "CROSS", "cache_names",
-    "check_threads", "make_session", "read_manifest", "OnnxDecoder", "OnnxModel", "load_onnx_folder",
+    "check_threads", "make_session", "read_manifest", "OnnxStep", "OnnxModel", "load_onnx_folder",
 ]
 
 ENCODER, CROSS_CACHE, DECODER, MANIFEST = "encoder.onnx", "cross_cache.onnx", "decoder.onnx", "onnx.json"
 FORMAT, FORMAT_VERSION = "pix2tex-onnx", 1
-SELF, CROSS = "self", "cross"  # cache kinds, in the order x-transformers lists its attention layers
+SELF, CROSS = "self", "cross"  # cache kinds, in the order of the decoder's attention layers
 
 
 def cache_names(prefix: str, layer: int) -> tuple[str, str]:
@@ -85,89 +85,60 @@ def _numpy(t: Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.detach().cpu().numpy())
 
 
-class OnnxDecoder(TextDecoder):
-    """A :class:`TextDecoder` whose :meth:`step` runs ``cross_cache.onnx`` and ``decoder.onnx``.
+class OnnxStep:
+    """The decoder step of :mod:`pix2tex.models.decoding` run by ``cross_cache.onnx`` and ``decoder.onnx``.
 
-    ``generate`` and ``beam_search`` are inherited unchanged; the cache is the same
-    :class:`LayerIntermediates` structure (CPU tensors), so ``reorder_cache`` works on it as is.
+    Its cache is the lean step's :class:`FlatCache` (the graphs are exported from that step): the
+    cross-attention keys/values come from ``cross_cache.onnx`` once, the self-attention ones are
+    replaced by the graph's ``present`` outputs after each step.  The graphs attend to every memory
+    row, so there is no memory mask (LatexOCR decodes models trained with ``mask_padding`` one
+    image at a time on this engine, which needs none).
     """
 
     def __init__(self, cross_session: Any, step_session: Any, layers: list[str], cfg: ModelConfig):
-        # nn.Module's init only: TextDecoder's would build (random) x-transformers weights that the
-        # ONNX graphs already hold.
-        nn.Module.__init__(self)
         self.cross_session, self.step_session = cross_session, step_session
         self.layers = list(layers)
-        self.num_tokens, self.max_seq_len = cfg.num_tokens, cfg.max_seq_len
-        self._fast_step = False  # the graphs are the step: no lean PyTorch step to build, in any mode
+        self.num_tokens = cfg.num_tokens
         inputs = {i.name: i.shape for i in step_session.get_inputs()}
         # Heads and head width of each self-attention cache are static dimensions of the graph.
-        self._self_shapes: dict[int, tuple[tuple[int, int], tuple[int, int]]] = {}
+        self._self_shapes: list[tuple[tuple[int, int], tuple[int, int]]] = []
         for j, kind in enumerate(self.layers):
             names = cache_names("past", j)
             if any(name not in inputs for name in names):
                 raise CheckpointError(f"{DECODER}: no input {names[0]} for attention layer {j} listed in {MANIFEST}")
             if kind == SELF:
                 key, value = inputs[names[0]], inputs[names[1]]
-                self._self_shapes[j] = ((int(key[1]), int(key[3])), (int(value[1]), int(value[3])))
+                self._self_shapes.append(((int(key[1]), int(key[3])), (int(value[1]), int(value[3]))))
         self._cross_outputs = [n for j, kind in enumerate(self.layers) if kind == CROSS for n in cache_names("past", j)]
         self._step_outputs = ["logits"] + [
             n for j, kind in enumerate(self.layers) if kind == SELF for n in cache_names("present", j)]
 
-    def forward(self, tokens: Tensor, memory: Tensor) -> Tensor:
-        raise NotImplementedError("teacher-forced decoding is not exported to ONNX; use the PyTorch model")
-
-    def _first_cache(self, memory: Tensor) -> LayerIntermediates:
-        """Cross-attention keys/values of ``memory`` and empty self-attention caches."""
-        cross = iter(self.cross_session.run(self._cross_outputs, {"memory": _numpy(memory)}))
-        batch = memory.shape[0]
-        inters = []
-        for j, kind in enumerate(self.layers):
-            if kind == SELF:
-                (kh, kd), (vh, vd) = self._self_shapes[j]
-                kv = (torch.zeros(batch, kh, 0, kd), torch.zeros(batch, vh, 0, vd))
-            else:
-                kv = (torch.from_numpy(next(cross)), torch.from_numpy(next(cross)))
-            inters.append(Intermediates(cached_kv=kv, layer_type="a" if kind == SELF else "c"))
-        return LayerIntermediates(attn_intermediates=inters, cache_length=0)
-
-    def step(self, tokens: Tensor, memory: Tensor, cache: LayerIntermediates | None,
-             memory_mask: Tensor | None = None) -> tuple[Tensor, LayerIntermediates]:
-        """Logits [B, V] after ``tokens`` [B, 1] (one new token per row), and the cache extended by it.
-
-        ``memory`` is read only when ``cache`` is None (the first step, usually BOS).  The exported
-        graphs attend to every memory row: ``memory_mask`` must be None (LatexOCR decodes models
-        trained with ``mask_padding`` one image at a time on this engine, which needs no mask).
-        """
+    def start(self, memory: Tensor, memory_mask: Tensor | None) -> FlatCache:
         if memory_mask is not None:
             raise ValueError("the ONNX decoder graphs take no memory mask; decode one image at a time")
+        cross = iter(torch.from_numpy(a) for a in self.cross_session.run(self._cross_outputs, {"memory": _numpy(memory)}))
+        batch = memory.shape[0]
+        empty = [(torch.zeros(batch, kh, 0, kd), torch.zeros(batch, vh, 0, vd)) for (kh, kd), (vh, vd) in self._self_shapes]
+        return FlatCache(self_kv=empty, cross_kv=list(zip(cross, cross)), length=0)
+
+    def __call__(self, tokens: Tensor, cache: FlatCache) -> Tensor:
+        """Logits [B, V] after ``tokens`` [B, 1] (one new token per row); the cache grows by it."""
         if tokens.dim() != 2 or tokens.shape[1] != 1:
             raise ValueError(f"the ONNX decoder step takes one new token per row, got tokens {tuple(tokens.shape)}")
-        if cache is None:
-            cache = self._first_cache(memory)
         feeds = {"tokens": _numpy(tokens.long())}
-        for j, inter in enumerate(cache.attn_intermediates):
+        self_kv, cross_kv = iter(cache.self_kv), iter(cache.cross_kv)
+        for j, kind in enumerate(self.layers):
             key, value = cache_names("past", j)
-            feeds[key], feeds[value] = _numpy(inter.cached_kv[0]), _numpy(inter.cached_kv[1])
+            feeds[key], feeds[value] = map(_numpy, next(self_kv) if kind == SELF else next(cross_kv))
         logits, *present = self.step_session.run(self._step_outputs, feeds)
-        present = iter(present)
-        inters = []
-        for kind, inter in zip(self.layers, cache.attn_intermediates):
-            kv = (torch.from_numpy(next(present)), torch.from_numpy(next(present))) if kind == SELF else inter.cached_kv
-            inters.append(Intermediates(cached_kv=kv, layer_type=inter.layer_type))
-        return torch.from_numpy(logits), LayerIntermediates(attn_intermediates=inters,
-                                                            cache_length=cache.cache_length + 1)
-
-    def generate(self, memory: Tensor, *, use_cache: bool = True, **kwargs: Any) -> Generation:
-        """:meth:`TextDecoder.generate`; the exported graphs always decode with the key/value cache."""
-        if not use_cache:
-            raise ValueError("the ONNX engine always decodes with the key/value cache "
-                             "(use_cache=False is PyTorch-only)")
-        return super().generate(memory, **kwargs)
+        present = iter(torch.from_numpy(a) for a in present)
+        cache.self_kv = list(zip(present, present))
+        cache.length += 1
+        return torch.from_numpy(logits)
 
 
 class OnnxModel:
-    """Encoder and decoder graphs in onnxruntime, with :class:`pix2tex.models.utils.Model`'s decoding interface."""
+    """Encoder and decoder graphs in onnxruntime, with :class:`pix2tex.models.model.Model`'s decoding interface."""
 
     def __init__(self, folder: str | os.PathLike, cfg: ModelConfig, tokenizer: LatexTokenizer,
                  layers: list[str], *, threads: int | None = None):
@@ -175,8 +146,8 @@ class OnnxModel:
         folder = Path(folder)
         self.cfg, self.tokenizer, self.folder = cfg, tokenizer, folder
         self.encoder_session = make_session(folder / ENCODER, threads)
-        self.decoder = OnnxDecoder(make_session(folder / CROSS_CACHE, threads),
-                                   make_session(folder / DECODER, threads), layers, cfg)
+        self.step = OnnxStep(make_session(folder / CROSS_CACHE, threads), make_session(folder / DECODER, threads),
+                             layers, cfg)
 
     def encode(self, images: Tensor, mask: Tensor | None = None) -> Tensor:
         """Images [B, channels, H, W] -> memory [B, N, dim] (same input checks as the PyTorch encoder)."""
@@ -186,18 +157,24 @@ class OnnxModel:
         (memory,) = self.encoder_session.run(None, {"images": _numpy(images.float())})
         return torch.from_numpy(memory)
 
+    def decoding_step(self, memory: Tensor) -> OnnxStep:
+        """The step the decoding loops run (the graphs; ``memory`` is not needed to choose it)."""
+        return self.step
+
     def generate(self, images: Tensor, *, max_new_tokens: int | None = None, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, stop_at_eos: bool = True,
                  generator: torch.Generator | None = None) -> Generation:
-        """Greedy (default) or sampled LaTeX ids for each image; see :meth:`TextDecoder.generate`."""
-        return self.decoder.generate(self.encode(images), max_new_tokens=max_new_tokens, temperature=temperature,
-                                     top_k=top_k, top_p=top_p, stop_at_eos=stop_at_eos, generator=generator)
+        """Greedy (default) or sampled LaTeX ids for each image; see :func:`pix2tex.models.decoding.generate`."""
+        return decoding.generate(self.step, self.encode(images), steps=check_max_new_tokens(max_new_tokens, self.cfg.max_seq_len),
+                                 temperature=temperature, top_k=top_k, top_p=top_p, stop_at_eos=stop_at_eos,
+                                 generator=generator)
 
     def beam_search(self, images: Tensor, *, beam_size: int, max_new_tokens: int | None = None,
                     length_penalty: float = 1.0) -> Generation:
-        """Length-normalised beam search for each image; see :meth:`TextDecoder.beam_search`."""
-        return self.decoder.beam_search(self.encode(images), beam_size=beam_size, max_new_tokens=max_new_tokens,
-                                        length_penalty=length_penalty)
+        """Length-normalised beam search for each image; see :func:`pix2tex.models.decoding.beam_search`."""
+        return decoding.beam_search(self.step, self.encode(images), beam_size=beam_size,
+                                    steps=check_max_new_tokens(max_new_tokens, self.cfg.max_seq_len),
+                                    length_penalty=length_penalty)
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:

@@ -149,3 +149,9 @@ class LatexTokenizer:
             out.append(self.hf.decode(row, skip_special_tokens=True).strip())
         return out
 
+    def decode_latex(self, ids: torch.Tensor | Sequence[Sequence[int]]) -> list[str]:
+        """:meth:`decode`, then :func:`~pix2tex.normalize.normalize`: the LaTeX that is shown and scored."""
+        from pix2tex.normalize import normalize
+
+        return [normalize(text) for text in self.decode(ids)]
+

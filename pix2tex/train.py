@@ -37,8 +37,7 @@ from pix2tex.config import Config, ConfigError, load_config, save_config
 from pix2tex.dataset.dataset import BatchDataset, DatasetError, Im2LatexDataset, collate_batch
 from pix2tex.distributed import Dist, DistributedError, init_from_env
 from pix2tex.metrics import Scores, score
-from pix2tex.models.utils import Model, get_model, model_summary
-from pix2tex.normalize import normalize
+from pix2tex.models.model import Model, get_model, model_summary
 from pix2tex.tokenizer import PAD_ID, LatexTokenizer, TokenizerError
 
 __all__ = ["train", "validate", "main", "TrainResult", "override_args"]
@@ -123,22 +122,19 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: Config, total_step
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=t.lr_step, gamma=t.gamma)
 
 
-@torch.no_grad()
 def validate(model: Model, dataset: Im2LatexDataset, tokenizer: LatexTokenizer, max_batches: int,
              device: torch.device) -> tuple[Scores, list[tuple[str, str]]]:
     """Greedy-decode up to ``max_batches`` batches; return scores and (prediction, reference) pairs."""
+    from pix2tex.eval import read_dataset
+
     model.eval()
     predictions: list[str] = []
     references: list[str] = []
-    for batch_indices in dataset.batches(0)[:max_batches]:
-        batch = dataset.prepare_data(batch_indices)
-        # Decoding can stop well before max_seq_len: references bound the useful length.
-        limit = min(model.cfg.max_seq_len - 1, int(batch.ids.shape[1] * 1.5) + 8)
-        out = model.generate(batch.images.to(device), sizes=batch.sizes, max_new_tokens=limit)
-        predictions += tokenizer.decode(out.ids.cpu())
-        references += batch.labels
+    for _, preds, refs in read_dataset(model, tokenizer, dataset, dataset.batches(0)[:max_batches], device,
+                                       bound_by_labels=True):
+        predictions += preds
+        references += refs
     model.train()
-    predictions = [normalize(p) for p in predictions]
     return score(predictions, references), list(zip(predictions, references))
 
 

@@ -12,7 +12,7 @@ import torch
 from pix2tex.checkpoint import (CheckpointError, load_model_folder, load_resume_state, save_model_folder,
                                 save_resume_state)
 from pix2tex.config import ModelConfig
-from pix2tex.models.utils import get_model
+from pix2tex.models.model import get_model
 from pix2tex.normalize import normalize
 from pix2tex.tokenizer import LatexTokenizer
 from tests.conftest import read_formulas

@@ -14,7 +14,7 @@ from pix2tex.checkpoint import CheckpointError, load_model_folder, save_model_fo
 from pix2tex.config import ModelConfig
 from pix2tex.dataset.transforms import to_batch
 from pix2tex.export import ExportError, export_onnx, main
-from pix2tex.models.utils import get_model
+from pix2tex.models.model import get_model
 from pix2tex.normalize import normalize
 from pix2tex.onnx_engine import CROSS_CACHE, DECODER, ENCODER, MANIFEST, OnnxModel, load_onnx_folder
 from pix2tex.preprocess import prepare
@@ -143,8 +143,8 @@ def test_engine_rejects_bad_input(plain):
     _, onnx_model, out = plain
     with pytest.raises(ValueError, match="not a multiple of patch_size"):
         onnx_model.generate(torch.zeros(1, 1, 40, 64))
-    with pytest.raises(ValueError, match="use_cache=False is PyTorch-only"):
-        onnx_model.decoder.generate(torch.zeros(1, 5, CFG.dim), use_cache=False)
+    with pytest.raises(ValueError, match="take no memory mask"):
+        onnx_model.step.start(torch.zeros(2, 5, CFG.dim), torch.ones(2, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match="CPU only"):
         load_onnx_folder(out, device="cuda")
 
@@ -190,14 +190,18 @@ def test_loading_a_non_export_folder_fails_clearly(plain):
         load_onnx_folder(broken)
 
 
-def test_onnx_decoder_works_in_eval_mode(plain, images):
-    """OnnxDecoder is an nn.Module: after .eval() (as any caller may do) it must still decode."""
-    model, onnx_model, _ = plain
-    onnx_model.decoder.eval()
-    x = to_batch(images[:2], CFG.patch_size)
-    got = onnx_model.generate(x, max_new_tokens=STEPS)
-    assert torch.equal(got.ids, model.generate(x, max_new_tokens=STEPS).ids)
-    onnx_model.decoder.train()
+def test_bundled_model_reads_real_images_the_same_on_both_engines(tmp_path):
+    """The graphs are traced from the lean step: on real images, whose readings end at different
+    steps (finished rows leave the batch on both engines), ONNX gives PyTorch's LaTeX."""
+    from pix2tex.inference import LatexOCR
+
+    out = export_onnx(None, tmp_path / "onnx")
+    paths = [str(SAMPLE / line.split("\t")[0])
+             for line in (SAMPLE / "labels.tsv").read_text().splitlines()[:8]]
+    torch_readings = [p.latex for p in LatexOCR(batch_size=1).predict(paths)]
+    onnx_readings = [p.latex for p in LatexOCR(out, engine="onnx").predict(paths)]
+    assert onnx_readings == torch_readings
+    assert len({len(r.split()) for r in torch_readings}) > 3
 
 
 def test_masked_model_exports_and_reads_like_torch_one_image_at_a_time(tmp_path, tokenizer, images):

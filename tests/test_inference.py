@@ -13,7 +13,7 @@ from PIL import Image
 from pix2tex.checkpoint import save_model_folder
 from pix2tex.config import ModelConfig
 from pix2tex.inference import LatexOCR, expand_inputs
-from pix2tex.models.utils import get_model
+from pix2tex.models.model import get_model
 from pix2tex.normalize import normalize
 from pix2tex.tokenizer import LatexTokenizer
 from tests.conftest import REPO, SAMPLE, png_header_only, read_formulas
@@ -156,6 +156,7 @@ def test_prediction_does_not_import_training_only_libraries():
     assert out.stdout.strip() == "False"
 
 
+@pytest.mark.slow
 def test_bundled_model_reads_mixed_sizes_in_one_batch_as_alone(sample_dir):
     # A trained backbone's normalization turns the white padding beside a smaller image into
     # non-zero features that its convolutions see at the image's edges; masking attention alone
@@ -171,6 +172,7 @@ def test_bundled_model_reads_mixed_sizes_in_one_batch_as_alone(sample_dir):
     assert [c for _, c, _ in together] == pytest.approx([c for _, c, _ in alone], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_finished_rows_leave_the_batch_without_changing_readings(sample_dir):
     # The lean step drops sequences that reached EOS from its cache; the library's step keeps them.
     import torch

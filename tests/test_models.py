@@ -13,7 +13,7 @@ from PIL import Image
 
 from pix2tex.config import ConfigError, ModelConfig
 from pix2tex.models import Generation, Model, count_parameters, get_model, model_summary
-from pix2tex.models.fast_step import FastStep
+from pix2tex.models.steps import LeanStep, LibraryStep
 from pix2tex.models.hybrid import min_patch_size
 from pix2tex.models.transformer import generation_logprobs, top_k_filter, top_p_filter
 from pix2tex.normalize import normalize
@@ -183,7 +183,7 @@ def test_cached_generation_projects_memory_once(vit):
     assert all(n == 0 for n in sorted(rows_projected, reverse=True)[2:])  # later steps: nothing new
 
 
-# -- the lean cached step (models/fast_step.py) ----------------------------------------------
+# -- the lean cached step (models/steps.py) ---------------------------------------------------
 
 FAST_CASES = {
     "plain": {},
@@ -195,14 +195,13 @@ FAST_CASES = {
 def test_fast_step_equals_library_step(decoder_args):
     model = tiny_model("vit", seed=3, decoder_args=decoder_args)
     memory = model.encode(torch.randn(3, 1, 32, 64))
-    fast = FastStep.build(model.decoder.net, memory[:1])
-    assert fast is not None
+    lean, library = LeanStep.build(model.decoder.net, memory[:1]), LibraryStep(model.decoder.net)
+    assert lean is not None
     tokens = torch.randint(4, TINY["num_tokens"], (3, 15), generator=torch.Generator().manual_seed(0))
-    ours = theirs = None
+    ours, theirs = lean.start(memory, None), library.start(memory, None)
     for i in range(tokens.shape[1]):
-        a, ours = fast(tokens[:, i:i + 1], memory, ours)
-        b, theirs = model.decoder.step(tokens[:, i:i + 1], memory, theirs)
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(lean(tokens[:, i:i + 1], ours), library(tokens[:, i:i + 1], theirs),
+                                   rtol=1e-5, atol=1e-5)
     assert ours.length == tokens.shape[1]
 
 
@@ -211,7 +210,7 @@ def test_generation_uses_the_fast_step_and_matches_the_library(encoder, hybrid, 
     model = copy.deepcopy(hybrid if encoder == "hybrid" else vit)
     images = torch.randn(3, 1, 32, 64)
     fast = model.generate(images, max_new_tokens=20, stop_at_eos=False)
-    assert isinstance(model.decoder._fast_step, FastStep)  # the lean step applies to this model
+    assert isinstance(model.decoder._lean, LeanStep)  # the lean step applies to this model
     library = model.decoder.generate(model.encode(images), max_new_tokens=20, stop_at_eos=False, fast=False)
     assert torch.equal(fast.ids, library.ids)
     torch.testing.assert_close(fast.logprob, library.logprob)
@@ -222,12 +221,13 @@ def test_generation_uses_the_fast_step_and_matches_the_library(encoder, hybrid, 
 
 def test_fast_step_projects_memory_once(vit):
     memory = vit.encode(torch.randn(2, 1, 32, 64))
-    step = FastStep.build(vit.decoder.net, memory[:1])
-    _, cache = step(torch.full((2, 1), BOS_ID), memory, None)
+    step = LeanStep.build(vit.decoder.net, memory[:1])
+    cache = step.start(memory, None)
+    step(torch.full((2, 1), BOS_ID), cache)
     cross = [t for kv in cache.cross_kv for t in kv]
     assert [t.shape[2] for t in cross] == [memory.shape[1]] * 4  # 2 cross-attention layers, keys and values
     for token in range(4, 8):
-        _, cache = step(torch.full((2, 1), token), memory, cache)
+        step(torch.full((2, 1), token), cache)
     assert all(a is b for a, b in zip(cross, (t for kv in cache.cross_kv for t in kv)))
 
 
@@ -235,9 +235,9 @@ def test_fast_step_declines_options_it_does_not_implement():
     """Rotary positions are not in the lean step: build() declines, decoding falls back to the library."""
     model = tiny_model("vit", decoder_args={"rotary_pos_emb": True})
     images = torch.randn(2, 1, 32, 64)
-    assert FastStep.build(model.decoder.net, model.encode(images[:1])) is None
+    assert LeanStep.build(model.decoder.net, model.encode(images[:1])) is None
     gen = model.generate(images, max_new_tokens=10, stop_at_eos=False)
-    assert model.decoder._fast_step is False
+    assert model.decoder._lean is False
     assert torch.equal(gen.ids, model.generate(images, max_new_tokens=10, stop_at_eos=False, use_cache=False).ids)
 
 
@@ -515,3 +515,9 @@ def test_padding_changes_an_unmasked_models_memory_but_not_a_masked_ones(sample_
         grid = batched[1:].view(images.shape[2] // 16, images.shape[3] // 16, -1)[:h, :w].reshape(h * w, -1)
         same = torch.allclose(torch.cat((batched[:1], grid)), alone, atol=1e-4)
         assert same == masked
+
+
+def test_seed_module_name_still_imports_the_model():
+    from pix2tex.models import model, utils
+
+    assert utils.Model is model.Model and utils.get_model is model.get_model

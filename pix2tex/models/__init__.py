@@ -9,6 +9,6 @@ with warnings.catch_warnings():
     import x_transformers  # noqa: F401
 
 from pix2tex.models.transformer import Generation, TextDecoder
-from pix2tex.models.utils import Model, ModelOutput, count_parameters, get_model, model_summary
+from pix2tex.models.model import Model, ModelOutput, count_parameters, get_model, model_summary
 
 __all__ = ["Generation", "Model", "ModelOutput", "TextDecoder", "count_parameters", "get_model", "model_summary"]

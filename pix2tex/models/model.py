@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from pix2tex.config import ModelConfig
 from pix2tex.models.hybrid import build_hybrid_encoder
+from pix2tex.models.decoding import DecoderStep
 from pix2tex.models.transformer import Generation, TextDecoder
 from pix2tex.models.vit import ImageEncoder, build_vit_encoder, patch_mask
 from pix2tex.tokenizer import PAD_ID
@@ -60,6 +61,10 @@ class Model(nn.Module):
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets[:, 1:].reshape(-1), ignore_index=PAD_ID,
                                label_smoothing=label_smoothing)
         return ModelOutput(logits=logits, loss=loss)
+
+    def decoding_step(self, memory: Tensor) -> DecoderStep:
+        """The step :mod:`pix2tex.models.decoding`'s loops run on ``memory`` (the lean one where it applies)."""
+        return self.decoder.decoding_step(memory)
 
     @torch.no_grad()
     def generate(self, images: Tensor, *, sizes: Tensor | None = None, max_new_tokens: int | None = None,
