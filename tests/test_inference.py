@@ -138,6 +138,7 @@ def test_onnx_engine_reads_like_torch(model_dir, images, tmp_path):
     assert r.returncode == 0 and r.stdout.decode().strip() == torch_out[0].latex
 
 
+@pytest.mark.tex
 def test_bundled_model_and_demo():
     # The model that ships in the package loads without a checkpoint argument and `make demo`'s
     # module renders its formulas with TeX and reads every one of them.

@@ -170,7 +170,7 @@ def generate(step: DecoderStep, memory: Tensor, *, steps: int, memory_mask: Tens
     out = torch.full((batch, steps), PAD_ID, dtype=torch.long, device=device)
     logprob_sum = torch.zeros(batch, device=device)
     length = torch.zeros(batch, device=device)
-    rows = torch.arange(batch, device=device)  # the batch row of each sequence still decoding
+    rows: Tensor | slice = slice(None)  # the batch rows of the sequences still decoding (all, until one leaves)
     last = torch.full((batch, 1), BOS_ID, dtype=torch.long, device=device)
     ended = torch.zeros(batch, dtype=torch.bool, device=device)
     shrink = shrink and stop_at_eos and temperature == 0.0
@@ -191,7 +191,8 @@ def generate(step: DecoderStep, memory: Tensor, *, steps: int, memory_mask: Tens
                 break
             if shrink and bool(ended.any()):
                 keep = (~ended).nonzero().squeeze(1)
-                rows, nxt, ended = rows[keep], nxt[keep], ended[keep]
+                rows = torch.arange(batch, device=device)[rows][keep]
+                nxt, ended = nxt[keep], ended[keep]
                 cache.keep_rows(keep)
         last = nxt[:, None]
     return Generation(ids=out[:, :width], logprob=logprob_sum / length)
