@@ -56,7 +56,7 @@ KNOWN_COMMANDS = _known_commands()
 
 
 def _forbidden() -> frozenset[str]:
-    from pix2tex.dataset.render import FORBIDDEN_COMMANDS
+    from pix2tex.dataset.tex import FORBIDDEN_COMMANDS
 
     return frozenset(FORBIDDEN_COMMANDS) | frozenset(_NAME_BUILDERS)
 
