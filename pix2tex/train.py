@@ -94,10 +94,30 @@ def load_datasets(config: Config) -> tuple[Im2LatexDataset, Im2LatexDataset | No
     return train_set, val_set, tokenizer
 
 
-def build_optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Optimizer:
+def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Parameter groups: weight decay on weight matrices and convolution kernels only.
+
+    Biases, normalization gains and shifts (1-D), embedding tables, the class token and the
+    position tables get none: decaying them pulls scales and positions towards zero rather than
+    regularizing a mapping.
+    """
+    tables = {id(mod.weight) for mod in model.modules() if isinstance(mod, torch.nn.Embedding)}
+    decay, keep = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        no_decay = param.dim() < 2 or id(param) in tables or name.endswith(("cls_token", "pos_embed"))
+        (keep if no_decay else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: torch.nn.Module, config: Config, *, one_group: bool = False) -> torch.optim.Optimizer:
+    """Adam/AdamW over :func:`decay_groups`; ``one_group``: every parameter decayed, as runs saved
+    before the groups existed were trained (their resume states hold one group)."""
     t = config.train
     cls = torch.optim.AdamW if t.optimizer == "AdamW" else torch.optim.Adam
-    return cls(model.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+    params = model.parameters() if one_group else decay_groups(model, t.weight_decay)
+    return cls(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, max_lr: float, min_lr: float) -> float:
@@ -249,13 +269,15 @@ def _train(config: Config, resume: bool, device: torch.device, progress: bool, d
 
     batches_per_epoch = len(train_set.batches(0))
     total_steps = t.max_steps if t.max_steps is not None else t.epochs * batches_per_epoch
-    optimizer = build_optimizer(model, config)
+    state = load_resume_state(run_dir / "last.pt") if resume else None
+    # A state saved before parameter groups existed holds one group: it resumes with one, exactly.
+    one_group = state is not None and len(state["optimizer"]["param_groups"]) == 1
+    optimizer = build_optimizer(model, config, one_group=one_group)
     scheduler = build_scheduler(optimizer, config, total_steps)
     step, epoch, start_batch, best_bleu = 0, 0, 0, -1.0
     cpu_before = 0.0  # CPU seconds of earlier processes of this run (resume)
 
-    if resume:
-        state = load_resume_state(run_dir / "last.pt")
+    if state is not None:
         saved, current = state["config"], config.to_dict()
         changed = [f.name for f in dataclasses.fields(m) if saved.get(f.name) != current[f.name]]
         if changed:
@@ -266,6 +288,7 @@ def _train(config: Config, resume: bool, device: torch.device, progress: bool, d
         step, epoch, start_batch, best_bleu = state["step"], state["epoch"], state["batch"], state["best_bleu"]
         cpu_before = float(state.get("cpu_seconds", 0.0))  # absent in states written before it was kept
         _set_rng_state(state["rng"])
+        state = None  # the saved tensors are in the model and optimizer now: free the copies
         if ddp.is_main:
             print(f"resumed {run_dir / 'last.pt'} at step {step} (epoch {epoch}, batch {start_batch})",
                   file=sys.stderr)

@@ -110,3 +110,42 @@ def test_override_args_are_read_back_as_the_same_settings():
     args = override_args(settings)
     assert args[::2] == ["--set"] * len(settings)
     assert _parse_overrides(args[1::2]) == settings
+
+
+def test_weight_decay_spares_biases_norms_and_embeddings():
+    from pix2tex.train import decay_groups
+    from tests.test_models import tiny_model
+
+    model = tiny_model("hybrid", backbone_norm="batch")
+    decay, keep = decay_groups(model, 0.01)
+    assert (decay["weight_decay"], keep["weight_decay"]) == (0.01, 0.0)
+    names = {id(p): n for n, p in model.named_parameters()}
+    kept = {names[id(p)] for p in keep["params"]}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert kept | decayed == set(names.values()) and not kept & decayed
+    assert {"encoder.vit.cls_token", "encoder.vit.patch_embed.pos_embed", "decoder.net.token_emb.emb.weight",
+            "decoder.net.pos_emb.emb.weight"} <= kept
+    assert all(n.endswith(("bias", "weight", "gamma")) for n in kept if "emb" not in n and "cls" not in n)
+    assert any("norm" in n for n in kept) and not any("norm" in n for n in decayed)
+    assert all(dict(model.named_parameters())[n].dim() >= 2 for n in decayed)
+    assert "decoder.net.to_logits.weight" in decayed
+
+
+def test_a_resume_state_with_one_parameter_group_resumes_with_one():
+    from pix2tex.config import Config
+    from pix2tex.train import build_optimizer
+    from tests.test_models import tiny_model
+
+    model = tiny_model("vit")
+    config = config_from_dict({"optimizer": "AdamW", "weight_decay": 0.01}, check_files=False)
+    assert isinstance(config, Config)
+    legacy = build_optimizer(model, config, one_group=True)  # how runs before the groups were built
+    model(torch.randn(2, 1, 32, 64), torch.randint(4, 20, (2, 6))).loss.backward()
+    legacy.step()
+    saved = legacy.state_dict()
+    assert len(saved["param_groups"]) == 1
+    with pytest.raises(ValueError, match="parameter group"):
+        build_optimizer(model, config).load_state_dict(saved)  # today's two groups cannot take it
+    again = build_optimizer(model, config, one_group=len(saved["param_groups"]) == 1)
+    again.load_state_dict(saved)
+    assert again.state_dict()["state"].keys() == saved["state"].keys()
