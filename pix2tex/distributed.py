@@ -55,6 +55,14 @@ class Dist:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return float(t.item())
 
+    def sum_tensor(self, value: torch.Tensor) -> torch.Tensor:
+        """``value`` summed over all ranks, as a tensor on its device (no host sync on one process)."""
+        if not self.active:
+            return value
+        value = value.detach().clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        return value
+
     def any(self, flag: bool, device: torch.device) -> bool:
         """Whether ``flag`` is set on any rank (how all ranks agree to stop together)."""
         if not self.active:

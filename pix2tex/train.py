@@ -1,10 +1,10 @@
 """Training: ``python -m pix2tex.train --config FILE [--resume] [--no_cuda] [--set KEY=VALUE …]``.
 
-The loop is explicit: for each batch, accumulate gradients over micro-batches, clip, step the
-optimizer and the scheduler, zero the gradients.  Every ``sample_freq`` steps the model decodes
-``valbatches`` validation batches greedily and is scored (BLEU, edit distance, token accuracy);
-the best model by BLEU and the last one are written as model folders, and the resume state
-(``last.pt``) is written with them.
+The loop is explicit: for each batch, :func:`train_step` accumulates gradients over micro-batches,
+clips, steps the optimizer and the scheduler and zeroes the gradients.  Every ``sample_freq``
+steps the model decodes ``valbatches`` validation batches greedily and is scored (BLEU, edit
+distance, token accuracy); :class:`CheckpointWriter` writes the best model by BLEU and the last
+one as model folders, and the resume state (``last.pt``) with them.
 
 ``--resume`` restores model, optimizer, scheduler, RNG states and the position in the epoch, so
 the run continues with the same learning rate and the same batches as if it had never stopped
@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from pix2tex.checkpoint import (CheckpointError, load_model_folder, load_resume_state, save_model_folder,
                                 save_resume_state)
-from pix2tex.config import Config, ConfigError, load_config, save_config
+from pix2tex.config import Config, ConfigError, TrainConfig, load_config, save_config
 from pix2tex.dataset.dataset import BatchDataset, DatasetError, Im2LatexDataset, collate_batch
 from pix2tex.distributed import Dist, DistributedError, init_from_env
 from pix2tex.metrics import Scores, score
@@ -236,6 +236,67 @@ class _NullLogger:
         pass
 
 
+@dataclass
+class CheckpointWriter:
+    """Everything a run writes besides metrics: model folders (``best/``, ``last/``) and the resume
+    state ``last.pt``, all atomically and on rank 0 only."""
+
+    run_dir: Path
+    model: Model
+    config: Config
+    tokenizer: LatexTokenizer
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    is_main: bool
+
+    def folder(self, name: str, meta: dict[str, Any]) -> None:
+        if self.is_main:
+            save_model_folder(self.run_dir / name, self.model, self.config.model, self.tokenizer, meta)
+
+    def state(self, *, step: int, epoch: int, batch: int, best_bleu: float, cpu_seconds: float) -> None:
+        """``last.pt``: ``batch`` is the next batch of ``epoch`` to train on."""
+        if self.is_main:
+            save_resume_state(self.run_dir / "last.pt", {
+                "format": "pix2tex-resume", "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "step": step, "epoch": epoch, "batch": batch,
+                "best_bleu": best_bleu, "rng": _rng_state(), "config": self.config.to_dict(),
+                "cpu_seconds": cpu_seconds,
+            })
+
+
+def train_step(net: torch.nn.Module, model: Model, batch: Any, optimizer: torch.optim.Optimizer, scheduler: Any, *,
+               t: TrainConfig, ddp: Dist, device: torch.device, use_bf16: bool) -> tuple[torch.Tensor, float]:
+    """One optimizer step on a global batch: (the loss, summed over ranks, as a tensor; the learning rate used).
+
+    Every rank prepared the whole global batch (the same canvas and padding as one process would
+    use) and trains on its own contiguous share of it, in micro-batches of ``t.micro`` rows; the
+    loss is the mean over the tokens of the whole global batch, whatever the split.
+    """
+    rows = ddp.rows(batch.images.shape[0])
+    images, ids = batch.images[rows].to(device), batch.ids[rows].to(device)
+    sizes = None if batch.sizes is None else batch.sizes[rows]
+    total = images.shape[0]
+    batch_tokens = ddp.all_sum(float((ids[:, 1:] != PAD_ID).sum()), device)
+    loss_sum = torch.zeros((), device=device)
+    for lo in range(0, total, t.micro):
+        micro_ids = ids[lo : lo + t.micro]
+        last = lo + t.micro >= total
+        with (net.no_sync() if ddp.active and not last else contextlib.nullcontext()), \
+                torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            out = net(images[lo : lo + t.micro], micro_ids, sizes=None if sizes is None else sizes[lo : lo + t.micro],
+                      label_smoothing=t.label_smoothing)
+            tokens = (micro_ids[:, 1:] != PAD_ID).sum()
+            part = out.loss * tokens / batch_tokens
+            (part * ddp.world).backward()  # DDP divides by world when it averages
+        loss_sum += part.detach()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_grad)
+    lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return ddp.sum_tensor(loss_sum), lr
+
+
 def train(config: Config, resume: bool = False, device: torch.device | None = None,
           progress: bool = True) -> TrainResult:
     """Train according to ``config``; returns where it stopped.  Importable and testable."""
@@ -310,19 +371,10 @@ def _train(config: Config, resume: bool, device: torch.device, progress: bool, d
 
     use_bf16 = _use_bf16(device, t.cpu_bf16)
 
-    def save_state(epoch_: int, batch_: int) -> None:
-        if not ddp.is_main:
-            return
-        save_resume_state(run_dir / "last.pt", {
-            "format": "pix2tex-resume", "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "step": step, "epoch": epoch_, "batch": batch_,
-            "best_bleu": best_bleu, "rng": _rng_state(), "config": config.to_dict(),
-            "cpu_seconds": cpu_seconds(),
-        })
+    writer = CheckpointWriter(run_dir, model, config, tokenizer, optimizer, scheduler, ddp.is_main)
 
-    def save_folder(name: str, meta: dict) -> None:
-        if ddp.is_main:
-            save_model_folder(run_dir / name, model, m, tokenizer, meta)
+    def save_state(epoch_: int, batch_: int) -> None:
+        writer.state(step=step, epoch=epoch_, batch=batch_, best_bleu=best_bleu, cpu_seconds=cpu_seconds())
 
     stop = {"requested": False}
 
@@ -334,95 +386,71 @@ def _train(config: Config, resume: bool, device: torch.device, progress: bool, d
 
     previous = signal.signal(signal.SIGTERM, on_signal)
     model.train()
-    loss_value = float("nan")
+    loss = torch.full((), float("nan"))
     bar = tqdm(total=total_steps, initial=step, disable=not progress or not ddp.is_main, dynamic_ncols=True,
                desc="train")
     batch_index = start_batch
+    finished = step >= total_steps  # the step limit or the CPU budget is reached
     try:
-        while step < total_steps and epoch < t.epochs:
+        while not finished and epoch < t.epochs:
             loader = torch.utils.data.DataLoader(
                 BatchDataset(train_set, epoch, start=batch_index), batch_size=None, shuffle=False,
                 num_workers=t.num_workers, collate_fn=collate_batch, persistent_workers=False)
             tick = time.perf_counter()
             for batch in loader:
-                # Every rank prepared the whole global batch (the same canvas and padding as one
-                # process would use) and trains on its own contiguous share of it.
-                rows = ddp.rows(batch.images.shape[0])
-                images, ids = batch.images[rows].to(device), batch.ids[rows].to(device)
-                sizes = None if batch.sizes is None else batch.sizes[rows]
-                total = images.shape[0]
-                # The loss is the mean over the tokens of the whole global batch, whatever the split.
-                batch_tokens = ddp.all_sum(float((ids[:, 1:] != PAD_ID).sum()), device)
-                loss_sum = torch.zeros((), device=device)
-                for lo in range(0, total, t.micro):
-                    micro_ids = ids[lo : lo + t.micro]
-                    last = lo + t.micro >= total
-                    with (net.no_sync() if ddp.active and not last else contextlib.nullcontext()), \
-                            torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                        out = net(images[lo : lo + t.micro], micro_ids,
-                                  sizes=None if sizes is None else sizes[lo : lo + t.micro],
-                                  label_smoothing=t.label_smoothing)
-                        tokens = (micro_ids[:, 1:] != PAD_ID).sum()
-                        part = out.loss * tokens / batch_tokens
-                        (part * ddp.world).backward()  # DDP divides by world when it averages
-                    loss_sum += part.detach()
-                loss_value = ddp.all_sum(float(loss_sum), device)  # kept a tensor until here
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_grad)
-                lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                loss, lr = train_step(net, model, batch, optimizer, scheduler, t=t, ddp=ddp, device=device,
+                                      use_bf16=use_bf16)
                 step += 1
                 batch_index += 1
                 now = time.perf_counter()
-                rate = total * ddp.world / max(now - tick, 1e-9)  # samples of the global batch
+                rate = batch.images.shape[0] / max(now - tick, 1e-9)  # samples of the global batch
                 tick = now
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss_value:.4f}", samples_s=f"{rate:.1f}")
-                if step % t.log_every == 0 or step == 1:
-                    logger.log({"step": step, "epoch": epoch, "loss": loss_value,
+                if not bar.disable:
+                    bar.set_postfix(loss=f"{float(loss):.4f}", samples_s=f"{rate:.1f}")
+                if step % t.log_every == 0 or step == 1:  # the loss leaves the device only here
+                    logger.log({"step": step, "epoch": epoch, "loss": float(loss),
                                 "lr": lr, "samples_per_s": rate, "cpu_s": round(cpu_seconds(), 1)})
                 out_of_cpu = ddp.any(t.max_cpu_minutes is not None and cpu_seconds() >= 60 * t.max_cpu_minutes,
                                      device)
                 if ddp.any(stop["requested"], device):
                     raise _Stop()
-                if step % t.sample_freq == 0 or step == total_steps or out_of_cpu:
+                finished = step >= total_steps or out_of_cpu
+                if step % t.sample_freq == 0 or finished:
                     # Validation runs on rank 0; the others wait for it at the next step's all-reduce.
+                    meta: dict[str, Any] = {"step": step, "epoch": epoch}
                     if val_set is not None and len(val_set) and ddp.is_main:
                         scores, samples = validate(model, val_set, tokenizer, t.valbatches, device)
                         logger.log({"step": step, "epoch": epoch, **{f"val_{k}": v for k, v in scores.as_dict().items()}})
                         bar.write(f"step {step}: {scores}")
                         for pred, ref in samples[: t.test_samples]:
                             bar.write(f"  ref  {ref}\n  pred {pred}")
-                        meta = {"step": step, "epoch": epoch, "val": scores.as_dict()}
+                        meta["val"] = scores.as_dict()
                         if scores.bleu > best_bleu:
                             best_bleu = scores.bleu
-                            save_folder("best", meta)
-                        save_folder("last", meta)
-                    else:
-                        save_folder("last", {"step": step, "epoch": epoch})
+                            writer.folder("best", meta)
+                    writer.folder("last", meta)
                     save_state(epoch, batch_index)
-                if step >= total_steps or out_of_cpu:
+                if finished:
                     break
-            else:
+            if not finished:  # the epoch's batches are done
                 epoch += 1
                 batch_index = 0
                 if epoch % t.save_freq == 0:
                     save_state(epoch, 0)
-                continue
-            break
-        save_folder("last", {"step": step, "epoch": epoch})
+        writer.folder("last", {"step": step, "epoch": epoch})
         save_state(epoch, batch_index)
     except (KeyboardInterrupt, _Stop):
         if ddp.is_main:
             bar.write(f"interrupted at step {step}: saving {run_dir / 'last.pt'} and {run_dir / 'last'}")
         save_state(epoch, batch_index)
-        save_folder("last", {"step": step, "epoch": epoch})
+        writer.folder("last", {"step": step, "epoch": epoch})
         raise KeyboardInterrupt from None
     finally:
         bar.close()
         logger.close()
         signal.signal(signal.SIGTERM, previous)
+    loss_value = float(loss)
     return TrainResult(step, epoch, best_bleu, loss_value, run_dir, ddp.is_main)
 
 
