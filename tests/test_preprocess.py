@@ -444,6 +444,7 @@ def _tex_render(tmp: Path, latex: str, dpis: tuple[int, ...]) -> list[Path]:
     return out
 
 
+@pytest.mark.tex
 def test_crisp_tex_renders_at_different_dpi_prepare_to_the_same_size(tmp_path: Path) -> None:
     # A sharp re-render (not an interpolated copy) at 150 and 400 dpi, as from a screen at two zooms.
     latex = (r"J_{\mu}=-\frac{ie}{2}\bigg[\Phi^{\ast}D_{\mu}\Phi-\Phi\big(D_{\mu}\Phi\big)^{\ast}\bigg]"
