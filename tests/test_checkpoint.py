@@ -156,6 +156,7 @@ print("loaded")
 
 
 @pytest.mark.parametrize("kind", ["laughs", "huge_model", "nested_meta", "inflating_state"])
+@pytest.mark.slow
 def test_hostile_model_files_stay_bounded_in_a_child_with_1_gib(tmp_path, tokenizer, kind):
     """The same hostile files as above, each loaded in a child process with 1 GiB of address space
     and a time limit: a one-line CheckpointError, not a crash, a hang or an exhausted machine."""

@@ -174,6 +174,7 @@ def test_crafted_pickle_cannot_run_code(tmp_path):
         Im2LatexDataset.load(tmp_path / "list.pkl")
 
 
+@pytest.mark.slow
 def test_cli_tokenizer_and_dataset(tmp_path):
     images, lines = _copy_images(tmp_path, 20)
     labels = tmp_path / "labels.tsv"

@@ -244,6 +244,7 @@ def test_sandbox_shows_no_system_files(tmp_path):
     assert socket.gethostname() not in log.replace("/etc/hostname", "")
 
 
+@pytest.mark.slow
 def test_unclear_failures_are_bisected(tmp_path):
     # An endless loop (timeout) and a formula shipping an extra page give no usable error
     # position, so the batch is bisected; the good formulas still get their own images.
@@ -280,6 +281,7 @@ def _read_outputs(out: Path) -> dict[str, bytes]:
     return files
 
 
+@pytest.mark.slow
 def test_dataset_is_deterministic_and_labels_match_images(tmp_path):
     formulas = [*MIXED, r"a_{ij} \le b", r"\mathrm{d}x", r"\frac12\hat x"]
     settings = RenderSettings(seed=3, workers=2, batch_size=2)
