@@ -164,7 +164,6 @@ class LatexOCR:
             out = decoding.generate(step, memory, steps=limit, memory_mask=mask)
         return self.tokenizer.decode_latex(out.ids.cpu()), out.logprob.float().cpu().tolist()
 
-
     def _encode_unpadded(self, arrays: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Memories of images encoded each on its own canvas, padded for the decoder, and their mask.
 
@@ -191,8 +190,8 @@ class LatexOCR:
         if len(set(lengths)) == 1:
             return torch.stack(rows), None
         memory = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
-        mask = torch.arange(memory.shape[1], device=memory.device)[None, :] < torch.tensor(lengths, device=memory.device)[:, None]
-        return memory, mask
+        positions = torch.arange(memory.shape[1], device=memory.device)
+        return memory, positions[None, :] < torch.tensor(lengths, device=memory.device)[:, None]
 
 
 def expand_inputs(inputs: Sequence[str]) -> list[str]:
