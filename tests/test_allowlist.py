@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pix2tex.dataset.allowlist import NEVER, allowed_latex, build_allowlist, check_allowed
-from tests.conftest import read_formulas
+from tests.helpers import read_formulas
 
 
 def test_built_list_keeps_used_commands_and_never_the_dangerous_ones():

@@ -15,7 +15,7 @@ from pix2tex.config import ModelConfig
 from pix2tex.models.model import get_model
 from pix2tex.normalize import normalize
 from pix2tex.tokenizer import LatexTokenizer
-from tests.conftest import read_formulas
+from tests.helpers import read_formulas
 
 CFG = ModelConfig(backbone_layers=[1, 1], dim=32, encoder_depth=1, heads=2, num_layers=1, num_tokens=128,
                   max_height=64, max_width=128, max_seq_len=32)

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from pix2tex.dataset.dataset import Im2LatexDataset
 from pix2tex.tokenizer import LatexTokenizer
-from tests.conftest import REPO, SAMPLE
+from tests.helpers import REPO, SAMPLE
 
 pytestmark = [pytest.mark.slow]
 

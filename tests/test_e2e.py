@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from pix2tex.config import load_config
-from tests.conftest import REPO, read_formulas
+from tests.helpers import REPO, read_formulas
 
 pytestmark = [pytest.mark.slow, pytest.mark.tex]
 

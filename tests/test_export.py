@@ -19,7 +19,7 @@ from pix2tex.normalize import normalize
 from pix2tex.onnx_engine import CROSS_CACHE, DECODER, ENCODER, MANIFEST, OnnxModel, load_onnx_folder
 from pix2tex.preprocess import prepare
 from pix2tex.tokenizer import EOS_ID, PAD_ID, LatexTokenizer
-from tests.conftest import SAMPLE, read_formulas
+from tests.helpers import SAMPLE, read_formulas
 
 CFG = ModelConfig(backbone_layers=[1, 1], dim=32, encoder_depth=1, heads=2, num_layers=2, num_tokens=128,
                   patch_size=16, max_height=64, max_width=256, max_seq_len=40)

@@ -9,7 +9,7 @@ from pix2tex.dataset.render import render_images
 from pix2tex.image_metrics import (binarize, column_edit_distance, compare_rendered, drop_blank_columns,
                                    image_exact_match, image_exact_match_no_ws)
 from pix2tex.report import breakdowns, make_records, render_records, summarize
-from tests.conftest import read_formulas
+from tests.helpers import read_formulas
 
 pytestmark = [pytest.mark.tex]
 
@@ -78,7 +78,7 @@ def test_eval_report_is_self_contained(tmp_path):
     import subprocess
     import sys
 
-    from tests.conftest import REPO, SAMPLE
+    from tests.helpers import REPO, SAMPLE
 
     result = subprocess.run(
         [sys.executable, "-m", "pix2tex.eval", "--images", str(SAMPLE), "--labels", str(SAMPLE / "labels.tsv"),

@@ -16,7 +16,7 @@ from pix2tex.inference import LatexOCR, expand_inputs
 from pix2tex.models.model import get_model
 from pix2tex.normalize import normalize
 from pix2tex.tokenizer import LatexTokenizer
-from tests.conftest import REPO, SAMPLE, png_header_only, read_formulas
+from tests.helpers import REPO, SAMPLE, png_header_only, read_formulas
 
 CFG = ModelConfig(backbone_layers=[1, 1], dim=32, encoder_depth=1, heads=2, num_layers=1, num_tokens=128,
                   max_height=128, max_width=640, max_seq_len=24)

@@ -18,19 +18,9 @@ from pix2tex.models.hybrid import min_patch_size
 from pix2tex.models.transformer import generation_logprobs, top_k_filter, top_p_filter
 from pix2tex.normalize import normalize
 from pix2tex.tokenizer import BOS_ID, EOS_ID, PAD_ID, LatexTokenizer
-from tests.conftest import read_formulas
-
-TINY = dict(channels=1, dim=32, encoder_depth=1, heads=2, num_layers=2, num_tokens=40, patch_size=16,
-            max_height=64, max_width=128, max_seq_len=24)
-
+from tests.helpers import TINY, read_formulas, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def tiny_model(encoder: str = "hybrid", seed: int = 0, **changes) -> Model:
-    torch.manual_seed(seed)
-    layers = {"backbone_layers": [1, 1]} if encoder == "hybrid" else {}
-    return get_model(ModelConfig(encoder_structure=encoder, **{**TINY, **layers, **changes})).eval()
 
 
 @pytest.fixture(scope="module")

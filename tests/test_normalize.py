@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from pix2tex.normalize import latex_tokens, normalize, tokenize
-from tests.conftest import read_formulas
+from tests.helpers import read_formulas
 
 
 @pytest.mark.parametrize("raw, expected", [

@@ -19,8 +19,8 @@ from pix2tex.preprocess import (
     DEFAULT_GLYPH_HEIGHT, MARGIN, MAX_PIXELS, BlankImageError, ImageLoadError, crop_to_content,
     estimate_glyph_height, invert_if_dark, load_image, normalize_contrast, prepare,
 )
-from tests.conftest import SAMPLE as SAMPLE_DIR
-from tests.conftest import png_header_only
+from tests.helpers import SAMPLE as SAMPLE_DIR
+from tests.helpers import png_header_only
 
 SAMPLES = SAMPLE_DIR / "images"
 SAMPLE = SAMPLES / "60ee748793.png"  # a long formula with fractions and scripts, 500x100

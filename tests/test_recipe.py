@@ -114,7 +114,7 @@ def test_override_args_are_read_back_as_the_same_settings():
 
 def test_weight_decay_spares_biases_norms_and_embeddings():
     from pix2tex.train import decay_groups
-    from tests.test_models import tiny_model
+    from tests.helpers import tiny_model
 
     model = tiny_model("hybrid", backbone_norm="batch")
     decay, keep = decay_groups(model, 0.01)
@@ -134,7 +134,7 @@ def test_weight_decay_spares_biases_norms_and_embeddings():
 def test_a_resume_state_with_one_parameter_group_resumes_with_one():
     from pix2tex.config import Config
     from pix2tex.train import build_optimizer
-    from tests.test_models import tiny_model
+    from tests.helpers import tiny_model
 
     model = tiny_model("vit")
     config = config_from_dict({"optimizer": "AdamW", "weight_decay": 0.01}, check_files=False)

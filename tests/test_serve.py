@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from pix2tex.inference import LatexOCR
-from tests.conftest import SAMPLE, png_header_only
+from tests.helpers import SAMPLE, png_header_only
 from benchmarks.serve import Server
 
 # Mixed sizes on purpose: batched together they are padded, and must read as they do alone.

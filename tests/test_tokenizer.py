@@ -4,7 +4,7 @@ import pytest
 
 from pix2tex.normalize import normalize
 from pix2tex.tokenizer import BOS_ID, EOS_ID, PAD_ID, LatexTokenizer, TokenizerError
-from tests.conftest import read_formulas
+from tests.helpers import read_formulas
 
 
 @pytest.fixture(scope="module")
