@@ -17,6 +17,7 @@ leave the target folder).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import sys
 import tarfile
@@ -33,13 +34,9 @@ __all__ = ["pack", "unpack", "main"]
 def _subset(ds: Im2LatexDataset, indices: list[int]) -> Im2LatexDataset:
     """A copy of ``ds`` holding ``indices`` only, with its images under one relative root ('.')."""
     out = Im2LatexDataset(**ds.to_dict()["settings"])
-    out.roots = ["."]
-    out.root_ids = [0] * len(indices)
-    out.paths = [_member(ds, i) for i in indices]
-    out.widths = [ds.widths[i] for i in indices]
-    out.heights = [ds.heights[i] for i in indices]
-    out.glyphs = [ds.glyphs[i] for i in indices]
-    out.labels = [ds.labels[i] for i in indices]
+    rows = ds.samples.subset(indices)
+    out.samples = dataclasses.replace(rows, roots=(".",), root_ids=[0] * len(indices),
+                                      paths=[_member(ds, i) for i in indices])
     return out
 
 

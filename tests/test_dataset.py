@@ -17,7 +17,7 @@ from pix2tex.dataset.dataset import BatchDataset, DatasetError, Im2LatexDataset,
 from pix2tex.dataset.transforms import MEAN, STD, train_transform
 from pix2tex.normalize import normalize
 from pix2tex.tokenizer import BOS_ID, LatexTokenizer
-from tests.conftest import REPO, SAMPLE
+from tests.helpers import REPO, SAMPLE
 
 
 @pytest.fixture(scope="module")
@@ -320,7 +320,7 @@ def test_training_refuses_weights_for_a_missing_corpus(two_corpora, tmp_path, to
 @pytest.mark.tex
 def test_create_data_writes_per_corpus_validation_and_test_sets(tmp_path):
     # The shell recipe end to end on two small real corpora: rendered with TeX, split, tokenized.
-    from tests.conftest import read_formulas
+    from tests.helpers import read_formulas
 
     formulas = tmp_path / "formulas"
     formulas.mkdir()
@@ -455,4 +455,4 @@ def test_dataset_files_without_glyph_heights_still_load(sample, tmp_path):
     data = sample.to_dict()
     del data["glyphs"]  # written before glyph heights were kept
     ds = Im2LatexDataset.load_dict(data)
-    assert len(ds) == len(sample) and ds.glyphs == [None] * len(sample)
+    assert len(ds) == len(sample) and ds.glyphs == (None,) * len(sample)

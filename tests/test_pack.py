@@ -11,7 +11,7 @@ import pytest
 from pix2tex.dataset.dataset import Im2LatexDataset, load_image_gray
 from pix2tex.pack import pack, unpack
 from pix2tex.tokenizer import LatexTokenizer
-from tests.conftest import SAMPLE
+from tests.helpers import SAMPLE
 
 
 @pytest.fixture(scope="module")
@@ -19,9 +19,9 @@ def packed(tmp_path_factory):
     work = tmp_path_factory.mktemp("pack")
     full = Im2LatexDataset(SAMPLE / "labels.tsv", SAMPLE)
     full.save(work / "train.pkl")
-    Im2LatexDataset.load_dict({**full.to_dict(), "paths": full.paths[:20], "root_ids": full.root_ids[:20],
-                               "widths": full.widths[:20], "heights": full.heights[:20],
-                               "glyphs": full.glyphs[:20], "labels": full.labels[:20]}).save(work / "valid.pkl")
+    valid = Im2LatexDataset.load_dict(full.to_dict())
+    valid.samples = full.samples.subset(range(20))
+    valid.save(work / "valid.pkl")
     LatexTokenizer.train(full.labels, 300, kind="tokens").save(work / "tok.json")
     info = pack(work / "train.pkl", work / "tok.json", work / "pack.tar", valdata=work / "valid.pkl", max_mb=0.5)
     return work, full, info

@@ -21,9 +21,8 @@ import io
 import math
 import os
 import pickle
-import random
 import sys
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,10 +33,12 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from pix2tex.config import ConfigError, check_corpus_weights
+from pix2tex.dataset.sampler import BatchSampler
+from pix2tex.dataset.samples import SampleTable, Size
 from pix2tex.dataset.transforms import test_transform, train_transform
 from pix2tex.fileio import FileReadError, atomic_path, read_limited
 from pix2tex.normalize import normalize
-from pix2tex.preprocess import (DEFAULT_GLYPH_HEIGHT, MARGIN, MAX_FILE_BYTES, canvas_sizes, crop_to_content,
+from pix2tex.preprocess import (MAX_FILE_BYTES, canvas_sizes, crop_to_content,
                                 estimate_glyph_height, prepare, to_batch)
 from pix2tex.tokenizer import LatexTokenizer
 
@@ -150,7 +151,7 @@ def load_image_gray(path: str | os.PathLike) -> np.ndarray:
 
 
 def _inspect_image(path: Path) -> tuple[int, int, float | None] | str:
-    """(width, height, glyph height) of the ink in a readable image, or why it is unusable.
+    """(height, width, glyph height) of the ink in a readable image, or why it is unusable.
 
     The size is that of the ink's bounding box, which is what the model will see after
     :func:`pix2tex.preprocess.prepare` crops the image (im2latex-100k images, for instance, are
@@ -161,7 +162,7 @@ def _inspect_image(path: Path) -> tuple[int, int, float | None] | str:
             return "empty file"
         gray = load_image_gray(path)  # decodes fully: catches truncated and corrupt files too
         content = crop_to_content(gray)
-        return content.shape[1], content.shape[0], estimate_glyph_height(content)
+        return content.shape[0], content.shape[1], estimate_glyph_height(content)
     except FileNotFoundError:
         return "missing image"
     except UnidentifiedImageError:
@@ -231,13 +232,7 @@ class Im2LatexDataset:
                  keep_smaller_batches: bool = False, test: bool = False, patch_size: int = 16,
                  seed: int = 42, corpus_weights: dict[str, float] | None = None, max_label_tokens: int = 0,
                  augment_level: str = "full", length_pool: int = 0):
-        self.roots: list[str] = []
-        self.paths: list[str] = []
-        self.root_ids: list[int] = []
-        self.widths: list[int] = []
-        self.heights: list[int] = []
-        self.glyphs: list[float | None] = []  # estimated glyph heights (see pix2tex.preprocess)
-        self.labels: list[str] = []
+        self.samples = SampleTable()
         self.skipped: Counter[str] = Counter()
         self.tokenizer_path: str | None = None
         self._tokenizer: LatexTokenizer | None = None
@@ -248,12 +243,7 @@ class Im2LatexDataset:
         # Training-only filter (a curriculum): labels longer than this many tokens are left out (0: none).
         self.max_label_tokens = max_label_tokens
         self.augment_level = augment_level
-        # Batches of similar label length (0: off): each size bucket's shuffled samples are cut into
-        # pools of length_pool batches, and each pool is sorted by label length before it is cut
-        # into batches.  Half of the target tokens of size-only buckets are padding otherwise.
-        self.length_pool = length_pool
-        # Per-corpus sampling weights (see corpus()): a corpus of weight 3 is seen three times per
-        # epoch, one of weight 0.5 half the time; unnamed corpora keep weight 1.
+        self.length_pool = length_pool  # see BatchSampler
         self.corpus_weights: dict[str, float] = _check_weights(corpus_weights or {})
         self.epoch = 0
         self._cursor = 0
@@ -270,7 +260,7 @@ class Im2LatexDataset:
         if not image_dir.is_dir():
             raise DatasetError(f"{image_dir}: image folder not found")
         root = image_dir.resolve()
-        self.roots = [str(root)]
+        rows: dict[str, list] = {c: [] for c in SampleTable.COLUMNS}
         for index, (image, latex) in enumerate(read_labels(equations)):
             rel = image if image is not None else _plain_image_name(index, image_dir)
             # Image paths come from the labels file: never let one point outside the image folder.
@@ -286,12 +276,12 @@ class Im2LatexDataset:
             if isinstance(size, str):
                 self._skip(equations, index, size)
                 continue
-            self.paths.append(str(full.relative_to(root)))
-            self.root_ids.append(0)
-            self.widths.append(size[0])
-            self.heights.append(size[1])
-            self.glyphs.append(size[2])
-            self.labels.append(label)
+            height, width, glyph = size
+            row = {"root_ids": 0, "paths": str(full.relative_to(root)), "heights": height, "widths": width,
+                   "glyphs": glyph, "labels": label}
+            for column in SampleTable.COLUMNS:
+                rows[column].append(row[column])
+        self.samples = SampleTable(roots=(str(root),), **rows)
 
     def _skip(self, equations: Path, index: int, reason: str) -> None:
         self.skipped[reason] += 1
@@ -301,9 +291,7 @@ class Im2LatexDataset:
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": "pix2tex-dataset", "version": FORMAT_VERSION,
-            "roots": list(self.roots), "paths": list(self.paths), "root_ids": list(self.root_ids),
-            "widths": list(self.widths), "heights": list(self.heights), "glyphs": list(self.glyphs),
-            "labels": list(self.labels),
+            "roots": list(self.roots), **{c: list(getattr(self.samples, c)) for c in SampleTable.COLUMNS},
             "skipped": dict(self.skipped), "tokenizer": self.tokenizer_path,
             "settings": {
                 "shuffle": self.shuffle, "batchsize": self.batchsize, "max_seq_len": self.max_seq_len,
@@ -329,11 +317,14 @@ class Im2LatexDataset:
         ds = cls.load_dict(load_pickle(filename), source=str(filename))
         # A dataset moved together with its images still loads: try roots relative to the .pkl.
         base = Path(filename).resolve().parent
-        for k, root in enumerate(ds.roots):
+        roots = []
+        for root in ds.roots:
             if not Path(root).is_absolute():
-                ds.roots[k] = str(base / root)
+                root = str(base / root)
             elif not Path(root).is_dir() and (base / Path(root).name).is_dir():
-                ds.roots[k] = str(base / Path(root).name)
+                root = str(base / Path(root).name)
+            roots.append(root)
+        ds.samples = ds.samples.with_roots(roots)
         tok, ds.tokenizer_path = tokenizer or ds.tokenizer_path, None
         if tok is not None and Path(tok).is_file():
             ds.set_tokenizer(tok)
@@ -350,38 +341,36 @@ class Im2LatexDataset:
         _check_fields(data, filename)
         try:
             ds = cls(**data["settings"])
-            n = len(data["paths"])
-            for key in ("root_ids", "widths", "heights", "labels"):
-                if len(data[key]) != n:
-                    raise DatasetError(f"{filename}: '{key}' has {len(data[key])} entries for {n} images")
-            ds.roots = [str(r) for r in data["roots"]]
-            ds.paths, ds.root_ids = list(data["paths"]), list(data["root_ids"])
-            ds.widths, ds.heights, ds.labels = list(data["widths"]), list(data["heights"]), list(data["labels"])
+            # Files written before glyph heights were kept have none: every glyph height unknown.
+            glyphs = data.get("glyphs") or [None] * len(data["paths"])
+            ds.samples = SampleTable(data["roots"], **{c: data[c] for c in SampleTable.COLUMNS if c != "glyphs"},
+                                     glyphs=glyphs)
             ds.skipped = Counter(data.get("skipped", {}))
-            ds.glyphs = list(data.get("glyphs") or [None] * n)
-            if len(ds.glyphs) != n:
-                raise DatasetError(f"{filename}: 'glyphs' has {len(ds.glyphs)} entries for {n} images")
             ds.tokenizer_path = data.get("tokenizer")
         except (KeyError, TypeError) as exc:
             raise DatasetError(f"{filename}: malformed dataset file ({type(exc).__name__}: {exc})") from None
+        except ValueError as exc:  # columns of different lengths, a root id out of range
+            raise DatasetError(f"{filename}: {exc}") from None
         return ds
 
     # -- seed API -------------------------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.samples)
 
     def combine(self, other: "Im2LatexDataset") -> None:
         """Append the samples of ``other`` (its image folders are kept as separate roots)."""
-        offset = len(self.roots)
-        self.roots += other.roots
-        self.paths += other.paths
-        self.root_ids += [r + offset for r in other.root_ids]
-        self.widths += other.widths
-        self.heights += other.heights
-        self.glyphs += other.glyphs
-        self.labels += other.labels
+        self.samples = self.samples.concat(other.samples)
         self.skipped.update(other.skipped)
         self._order = []
+
+    # The table's columns, read-only (the seed's datasets had these as lists).
+    roots = property(lambda self: self.samples.roots)
+    root_ids = property(lambda self: self.samples.root_ids)
+    paths = property(lambda self: self.samples.paths)
+    heights = property(lambda self: self.samples.heights)
+    widths = property(lambda self: self.samples.widths)
+    glyphs = property(lambda self: self.samples.glyphs)
+    labels = property(lambda self: self.samples.labels)
 
     def update(self, **kwargs: Any) -> None:
         """Change iteration settings (batchsize, shuffle, pad, keep_smaller_batches, test,
@@ -413,94 +402,49 @@ class Im2LatexDataset:
         return self._tokenizer
 
     def image_path(self, index: int) -> Path:
-        return Path(self.roots[self.root_ids[index]]) / self.paths[index]
+        return self.samples.image_path(index)
 
     def corpus(self, index: int) -> str:
-        """The corpus a sample comes from: the name of the folder holding its ``images/`` folder
-        (``render/<corpus>/images/0000001.png``, as create_data.sh names it after the formula file),
-        or of its image's own folder in other layouts ("" for images at the dataset's root)."""
-        folder = Path(self.paths[index]).parent
-        return folder.parent.name if folder.name == "images" else folder.name
+        """The corpus a sample comes from (see :meth:`SampleTable.corpus`)."""
+        return self.samples.corpus(index)
 
     def corpus_sizes(self) -> Counter[str]:
         """Number of samples per corpus."""
-        return Counter(self.corpus(i) for i in range(len(self)))
+        return self.samples.corpus_sizes()
 
     # -- batching -------------------------------------------------------------------------------
-    def prepared_size(self, index: int) -> tuple[int, int]:
-        """(height, width) the image will have after :func:`pix2tex.preprocess.prepare`, before
-        shrinking to the size limits: its ink scaled to the training glyph height, plus margins."""
-        h, w, glyph = self.heights[index], self.widths[index], self.glyphs[index]
-        scale = DEFAULT_GLYPH_HEIGHT / glyph if glyph else 1.0
-        return round(h * scale) + 2 * MARGIN, round(w * scale) + 2 * MARGIN
+    def prepared_size(self, index: int) -> Size:
+        """(height, width) of the image after :func:`pix2tex.preprocess.prepare`, before the size limits."""
+        return self.samples.prepared_size(index)
+
+    @property
+    def sampler(self) -> BatchSampler:
+        """The batching settings of this dataset (the seed keeps them as attributes, see update())."""
+        return BatchSampler(
+            batchsize=self.batchsize, shuffle=self.shuffle, seed=self.seed, patch_size=self.patch_size,
+            max_size=Size.from_wh(self.max_dimensions), min_size=Size.from_wh(self.min_dimensions),
+            max_tokens=min(self.max_seq_len, self.max_label_tokens or self.max_seq_len),
+            keep_smaller_batches=self.keep_smaller_batches, length_pool=self.length_pool,
+            corpus_weights=self.corpus_weights)
 
     def eligible(self) -> list[int]:
         """Indices whose (prepared) image fits the size limits and whose label fits max_seq_len
         (and max_label_tokens, where set)."""
-        max_w, max_h = self.max_dimensions
-        lengths = self._label_lengths()
-        longest = min(self.max_seq_len, self.max_label_tokens or self.max_seq_len)
-        keep = []
-        for i in range(len(self)):
-            h, w = self.prepared_size(i)
-            if w > max_w or h > max_h:
-                continue
-            if lengths is not None and lengths[i] > longest:
-                continue
-            keep.append(i)
-        return keep
+        return self.sampler.eligible(self.samples, self._label_lengths())
 
     def _label_lengths(self) -> list[int] | None:
-        """Token counts of all labels, computed once per tokenizer and sample set."""
+        """Token counts of all labels, computed once per tokenizer and sample table."""
         if self._tokenizer is None:
             return None
-        key = (id(self._tokenizer), len(self.labels))
-        if getattr(self, "_lengths_key", None) != key:
-            self._lengths = self._tokenizer.lengths(self.labels)
-            self._lengths_key = key
-        return self._lengths
+        key = (self._tokenizer, self.samples)
+        cached = getattr(self, "_lengths", None)
+        if cached is None or cached[0] is not key[0] or cached[1] is not key[1]:
+            self._lengths = (*key, self._tokenizer.lengths(list(self.samples.labels)))
+        return self._lengths[2]
 
     def batches(self, epoch: int) -> list[list[int]]:
         """The batches of one epoch; a pure function of (data, settings, seed, epoch)."""
-        rng = random.Random(f"{self.seed}:{epoch}")
-        buckets: dict[tuple[int, int], list[int]] = defaultdict(list)
-        p = self.patch_size
-        min_w, min_h = self.min_dimensions
-        for i in self.eligible():
-            h, w = self.prepared_size(i)
-            key = (math.ceil(max(h, min_h) / p), math.ceil(max(w, min_w) / p))
-            buckets[key] += [i] * self._copies(i, rng)
-        out: list[list[int]] = []
-        # Neighbouring buckets are merged until a batch fills, so rare sizes are not dropped.
-        pending: list[int] = []
-        lengths = self._label_lengths() if self.length_pool else None
-        for key in sorted(buckets):
-            members = buckets[key]
-            if self.shuffle:
-                rng.shuffle(members)
-            if lengths is not None:
-                pool = self.length_pool * self.batchsize
-                members = [i for lo in range(0, len(members), pool)
-                           for i in sorted(members[lo : lo + pool], key=lengths.__getitem__)]
-            pending += members
-            while len(pending) >= self.batchsize:
-                out.append(pending[: self.batchsize])
-                pending = pending[self.batchsize :]
-        if pending and (self.keep_smaller_batches or not out):
-            out.append(pending)
-        if self.shuffle:
-            rng.shuffle(out)
-        return out
-
-    def _copies(self, index: int, rng: random.Random) -> int:
-        """How often a sample appears in an epoch under ``corpus_weights``: the weight's whole
-        part, plus one more with probability its fraction.  Draws from ``rng`` only for
-        fractional weights, so datasets without them keep the order they always had."""
-        if not self.corpus_weights:
-            return 1
-        weight = self.corpus_weights.get(self.corpus(index), 1.0)
-        whole, frac = divmod(weight, 1.0)
-        return int(whole) + (1 if frac and rng.random() < frac else 0)
+        return self.sampler.batches(self.samples, self._label_lengths(), epoch)
 
     def __iter__(self) -> Iterator[Batch]:
         self._order = self.batches(self.epoch)
@@ -534,7 +478,7 @@ class Im2LatexDataset:
         own seed from it), which exact resume relies on.
         """
         transform = test_transform() if self.test else train_transform(self.augment_level)
-        max_w, max_h = self.max_dimensions
+        max_size, min_size = Size.from_wh(self.max_dimensions), Size.from_wh(self.min_dimensions)
         images = []
         seen: Counter[int] = Counter()  # a sample repeated by corpus_weights can meet itself in a batch
         for i in batch:
@@ -556,19 +500,18 @@ class Im2LatexDataset:
             # height is the one measured on the clean render: measured again after blur, erosion or
             # noise it is off by 2-3x for ~7 % of images, which then blow up the whole batch's canvas.
             try:
-                image = prepare(Image.fromarray(image), patch_size=self.patch_size, max_height=max_h,
-                                max_width=max_w, glyph_height=self.glyphs[i] or None)
+                image = prepare(Image.fromarray(image), patch_size=self.patch_size, max_height=max_size.height,
+                                max_width=max_size.width, glyph_height=self.samples.glyphs[i] or None)
             except ValueError:  # no measurable ink left after augmentation: use it as it is
-                image = _fit(image, self.max_dimensions)
+                image = _fit(image, max_size)
             images.append(image)
-        min_w, min_h = self.min_dimensions
         p = self.patch_size
         if self.pad:
-            height, width = max_h, max_w
+            height, width = max_size
         else:
-            height = min(max_h, max(math.ceil(max(im.shape[0], min_h) / p) * p for im in images))
-            width = min(max_w, max(math.ceil(max(im.shape[1], min_w) / p) * p for im in images))
-        labels = [self.labels[i] for i in batch]
+            height = min(max_size.height, max(math.ceil(max(im.shape[0], min_size.height) / p) * p for im in images))
+            width = min(max_size.width, max(math.ceil(max(im.shape[1], min_size.width) / p) * p for im in images))
+        labels = [self.samples.labels[i] for i in batch]
         ids, mask = self.tokenizer.encode(labels, max_len=self.max_seq_len)
         return Batch(to_batch(images, p, height, width), ids, mask, labels, list(batch),
                      canvas_sizes(images, height, width))
@@ -633,9 +576,9 @@ def _check_weights(weights: Any) -> dict[str, float]:
         raise DatasetError(str(exc)) from None
 
 
-def _fit(image: np.ndarray, max_dimensions: tuple[int, int]) -> np.ndarray:
+def _fit(image: np.ndarray, max_size: Size) -> np.ndarray:
     """Shrink an (augmented) image that grew past the size limit, keeping its aspect ratio."""
-    max_w, max_h = max_dimensions
+    max_h, max_w = max_size
     h, w = image.shape
     if h <= max_h and w <= max_w:
         return image
