@@ -264,6 +264,15 @@ class CheckpointWriter:
             })
 
 
+def check_resumable(saved: dict[str, Any], config: Config) -> None:
+    """Refuse to resume a run whose model settings changed: its weights would not fit, or worse,
+    fit and mean something else.  Training settings (learning rate, data, steps) may change."""
+    current = config.to_dict()
+    changed = [f.name for f in dataclasses.fields(config.model) if saved.get(f.name) != current[f.name]]
+    if changed:
+        raise ConfigError(f"--resume: model settings differ from the saved run: {', '.join(changed)}")
+
+
 def train_step(net: torch.nn.Module, model: Model, batch: Any, optimizer: torch.optim.Optimizer, scheduler: Any, *,
                t: TrainConfig, ddp: Dist, device: torch.device, use_bf16: bool) -> tuple[torch.Tensor, float]:
     """One optimizer step on a global batch: (the loss, summed over ranks, as a tensor; the learning rate used).
@@ -339,10 +348,7 @@ def _train(config: Config, resume: bool, device: torch.device, progress: bool, d
     cpu_before = 0.0  # CPU seconds of earlier processes of this run (resume)
 
     if state is not None:
-        saved, current = state["config"], config.to_dict()
-        changed = [f.name for f in dataclasses.fields(m) if saved.get(f.name) != current[f.name]]
-        if changed:
-            raise ConfigError(f"--resume: model settings differ from the saved run: {', '.join(changed)}")
+        check_resumable(state["config"], config)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

@@ -1,0 +1,117 @@
+"""The training loop's pieces on their own: one step, the checkpoint writer, resume refusal, --set.
+
+test_e2e.py trains and resumes whole runs; these tests pin each piece down in seconds.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+
+from pix2tex.checkpoint import load_model_folder, load_resume_state
+from pix2tex.config import ConfigError, config_from_dict
+from pix2tex.dataset.dataset import Im2LatexDataset
+from pix2tex.distributed import Dist
+from pix2tex.models import get_model
+from pix2tex.tokenizer import LatexTokenizer
+from pix2tex.train import (CheckpointWriter, build_optimizer, build_scheduler, check_resumable, main,
+                           train_step)
+from tests.helpers import SAMPLE, TINY
+
+SETTINGS = {"optimizer": "AdamW", "scheduler": "WarmupCosine", "max_lr": 1e-3, "min_lr": 1e-5, "warmup_steps": 2,
+            "max_steps": 10, "batchsize": 6}
+
+
+@pytest.fixture(scope="module")
+def real_batch():
+    """Six real im2latex_sample images with their labels, tokenized with a vocabulary of their own."""
+    ds = Im2LatexDataset(SAMPLE / "labels.tsv", SAMPLE, batchsize=6, test=True, max_dimensions=(640, 128),
+                         max_seq_len=256)
+    ds.set_tokenizer(LatexTokenizer.train(list(ds.labels), 300, kind="tokens"))
+    return ds.prepare_data(ds.batches(0)[0]), ds.tokenizer.vocab_size
+
+
+def _setup(vocab: int, **changes):
+    shape = {**TINY, "backbone_layers": [1, 1], "mask_padding": True, "num_tokens": vocab, "max_height": 128,
+             "max_width": 640, "max_seq_len": 256}
+    config = config_from_dict({**SETTINGS, **shape, **changes}, check_files=False)
+    torch.manual_seed(0)
+    model = get_model(config.model)
+    model.train()
+    optimizer = build_optimizer(model, config)
+    return config, model, optimizer, build_scheduler(optimizer, config, 10)
+
+
+def test_micro_batches_give_the_same_step_as_the_whole_batch(real_batch):
+    batch, vocab = real_batch
+    results = []
+    for micro in (-1, 4):  # 4 splits the 6 rows unevenly: 4 + 2
+        config, model, optimizer, scheduler = _setup(vocab, micro_batchsize=micro)
+        before = copy.deepcopy(model.state_dict())
+        for module in model.modules():  # batch statistics would differ between micro-batches
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
+        loss, lr = train_step(model, model, batch, optimizer, scheduler, t=config.train, ddp=Dist(),
+                              device=torch.device("cpu"), use_bf16=False)
+        results.append((loss, lr, copy.deepcopy(model.state_dict())))
+    (whole, lr_whole, after_whole), (split, lr_split, after_split) = results
+    assert isinstance(whole, torch.Tensor) and whole.dim() == 0  # kept as a tensor until logged
+    assert torch.isfinite(whole) and float(whole) > 0
+    assert float(whole) == pytest.approx(float(split), rel=1e-5)
+    assert lr_whole == lr_split == pytest.approx(5e-4)  # warm-up: half the peak on the first of 2 steps
+    assert any(not torch.equal(before[k], after_whole[k]) for k in before)  # the step moved weights
+    for key in after_whole:
+        assert torch.allclose(after_whole[key], after_split[key], atol=1e-6), key
+
+
+@pytest.mark.slow
+def test_steps_lower_the_loss_on_a_fixed_batch(real_batch):
+    batch, vocab = real_batch
+    config, model, optimizer, scheduler = _setup(vocab, max_lr=3e-3)
+    losses = [float(train_step(model, model, batch, optimizer, scheduler, t=config.train, ddp=Dist(),
+                               device=torch.device("cpu"), use_bf16=False)[0]) for _ in range(8)]
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_checkpoint_writer_writes_loadable_folders_and_states_on_rank_0_only(real_batch, tmp_path):
+    batch, vocab = real_batch
+    config, model, optimizer, scheduler = _setup(vocab)
+    tokenizer = LatexTokenizer.train(batch.labels, 300, kind="tokens")
+    writer = CheckpointWriter(tmp_path, model, config, tokenizer, optimizer, scheduler, is_main=True)
+    writer.folder("last", {"step": 3})
+    writer.state(step=3, epoch=1, batch=7, best_bleu=0.25, cpu_seconds=12.5)
+    loaded, loaded_config, _, meta = load_model_folder(tmp_path / "last")
+    assert meta["step"] == 3 and loaded_config == config.model
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    state = load_resume_state(tmp_path / "last.pt")
+    assert (state["step"], state["epoch"], state["batch"], state["best_bleu"], state["cpu_seconds"]) == (3, 1, 7, 0.25, 12.5)
+    assert state["config"] == config.to_dict()
+    other = tmp_path / "rank1"
+    CheckpointWriter(other, model, config, tokenizer, optimizer, scheduler, is_main=False).state(
+        step=3, epoch=1, batch=7, best_bleu=0.25, cpu_seconds=1.0)
+    assert not other.exists()
+
+
+def test_resume_refuses_changed_model_settings_but_takes_new_training_settings():
+    config = config_from_dict(SETTINGS, check_files=False)
+    saved = config.to_dict()
+    check_resumable(saved, config_from_dict({**SETTINGS, "max_lr": 5e-4, "max_steps": 99}, check_files=False))
+    wider = dataclasses.replace(config, model=dataclasses.replace(config.model, dim=config.model.dim * 2))
+    with pytest.raises(ConfigError, match="--resume: model settings differ from the saved run: dim$"):
+        check_resumable(saved, wider)
+
+
+def test_set_overrides_reach_the_config_and_bad_ones_are_one_line_errors(tmp_path, capsys):
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("batchsize: 4\n")
+    assert main(["--config", str(config_file), "--set", "batchsize"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --set 'batchsize': expected KEY=VALUE"
+    assert main(["--config", str(config_file), "--set", "max_lr=fast"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "max_lr" in err[0]
+    # A well-formed override gets as far as the data: the config needs a training set.
+    assert main(["--config", str(config_file), "--set", "max_lr=0.01", "--set", "batchsize=8"]) == 2
+    assert "needs 'data'" in capsys.readouterr().err
