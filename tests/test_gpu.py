@@ -11,7 +11,7 @@ from pix2tex.dataset.dataset import Im2LatexDataset
 from pix2tex.gpu import device_command, fetch, prepare, train
 from pix2tex.models import get_model
 from pix2tex.tokenizer import LatexTokenizer
-from tests.conftest import SAMPLE
+from tests.helpers import SAMPLE
 
 
 @pytest.mark.slow
@@ -39,7 +39,8 @@ def test_prepare_train_fetch_on_the_cpu(tmp_path):
     weights = train(gpu, out, minutes=0.25, work=tmp_path / "work",
                     overrides={"batchsize": 8, "num_workers": 0, "warmup_steps": 2, "sample_freq": 10**6})
     assert all(f.stat().st_size < 16 * 2**20 for f in weights.iterdir())
-    assert (out / "metrics.jsonl").read_text().count('"loss"') >= 2  # it trained some steps
+    # It trained (how many steps fit in 15 s depends on what else the machine runs: not asserted).
+    assert '"step": 1,' in (out / "metrics.jsonl").read_text()
 
     back = fetch(out, tmp_path / "back")
     before = load_model_folder(start)[0].state_dict()
