@@ -14,7 +14,7 @@ from rapidfuzz.distance import Levenshtein
 
 from pix2tex.normalize import latex_tokens
 
-__all__ = ["Scores", "bleu", "edit_distance", "token_accuracy", "exact_match", "score"]
+__all__ = ["Scores", "bleu", "bleu_statistics", "bleu_from_statistics", "edit_distance", "token_accuracy", "exact_match", "score"]
 
 
 def _tokens(texts: Sequence[str]) -> list[list[str]]:
@@ -28,6 +28,26 @@ def bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
     hyp = [" ".join(t) for t in _tokens(predictions)]
     ref = [" ".join(t) for t in _tokens(references)]
     return sacrebleu.corpus_bleu(hyp, [ref], tokenize="none", force=True).score / 100.0
+
+
+def bleu_statistics(predictions: Sequence[str], references: Sequence[str]) -> list[list[int]]:
+    """Per-sentence BLEU counts (lengths, n-gram matches and totals) of normalized LaTeX tokens.
+
+    Corpus BLEU is a function of their sums (:func:`bleu_from_statistics`), so a bootstrap over
+    sentences resamples these rows instead of re-running BLEU on every resample.
+    """
+    hyp = [" ".join(t) for t in _tokens(predictions)]
+    ref = [" ".join(t) for t in _tokens(references)]
+    metric = sacrebleu.BLEU(tokenize="none", force=True)
+    # sacrebleu's own per-segment statistics: [hyp_len, ref_len, matches_1..4, totals_1..4]
+    return [list(map(int, row)) for row in metric._extract_corpus_statistics(hyp, [ref])]
+
+
+def bleu_from_statistics(total: Sequence[int]) -> float:
+    """Corpus BLEU in [0, 1] from the column sums of :func:`bleu_statistics` (as :func:`bleu`)."""
+    hyp_len, ref_len = total[0], total[1]
+    return sacrebleu.BLEU.compute_bleu(list(total[2:6]), list(total[6:10]), hyp_len, ref_len,
+                                       smooth_method="exp").score / 100.0
 
 
 def edit_distance(predictions: Sequence[str], references: Sequence[str]) -> float:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from pix2tex.metrics import bleu, edit_distance, exact_match, score, token_accuracy
+from tests.helpers import read_formulas
 
 
 def test_perfect_predictions():
@@ -36,3 +37,15 @@ def test_length_mismatch_counts_against_accuracy():
 def test_score_rejects_unequal_lengths():
     with pytest.raises(ValueError, match="2 predictions for 1 references"):
         score(["a", "b"], ["a"])
+
+
+def test_bleu_from_summed_statistics_equals_corpus_bleu():
+    from pix2tex.metrics import bleu_from_statistics, bleu_statistics
+
+    refs = read_formulas("im2latex_val", 60)
+    preds = [" ".join(r.split()[: max(1, len(r.split()) * (k % 4 + 1) // 4)]) for k, r in enumerate(refs)]
+    stats = bleu_statistics(preds, refs)
+    assert len(stats) == 60 and all(len(row) == 10 for row in stats)
+    for part in (slice(None), slice(0, 17), slice(30, 60, 3)):
+        rows = stats[part]
+        assert bleu_from_statistics([sum(c) for c in zip(*rows)]) == pytest.approx(bleu(preds[part], refs[part]), abs=1e-12)

@@ -1,0 +1,81 @@
+"""Compare two models' predictions on the same images (the files `pix2tex.eval --out` writes).
+
+    python -m benchmarks.compare OLD.tsv NEW.tsv [--resamples 1000] [--seed 0]
+
+One JSON line: both models' scores, on how many images the new model's edit distance is lower or
+higher, a bootstrap over the images of the BLEU gain (mean, 5th and 95th percentile), and how many
+outputs of each run to 200 tokens or more (a sign of runaway repetition).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rapidfuzz.distance import Levenshtein
+
+from pix2tex.metrics import bleu_from_statistics, bleu_statistics, score
+from pix2tex.normalize import latex_tokens
+
+LONG = 200  # tokens
+
+
+def read_predictions(path: Path) -> dict[str, tuple[str, str]]:
+    """image -> (prediction, reference) from an eval TSV (header: image, prediction, reference)."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    return {r["image"]: (r["prediction"], r["reference"]) for r in rows}
+
+
+def compare(old: dict[str, tuple[str, str]], new: dict[str, tuple[str, str]], resamples: int = 1000,
+            seed: int = 0) -> dict:
+    images = sorted(old.keys() & new.keys())
+    if not images:
+        raise ValueError("the two files share no image")
+    refs = [old[i][1] for i in images]
+    a, b = [old[i][0] for i in images], [new[i][0] for i in images]
+    ta, tb, tr = ([latex_tokens(t) for t in texts] for texts in (a, b, refs))
+    distances = [(Levenshtein.normalized_distance(p, r), Levenshtein.normalized_distance(q, r))
+                 for p, q, r in zip(ta, tb, tr)]
+    stats_a, stats_b = bleu_statistics(a, refs), bleu_statistics(b, refs)
+    rng = random.Random(seed)
+    gains = []
+    for _ in range(resamples):
+        pick = [rng.randrange(len(images)) for _ in images]
+        gains.append(bleu_from_statistics([sum(c) for c in zip(*(stats_b[k] for k in pick))])
+                     - bleu_from_statistics([sum(c) for c in zip(*(stats_a[k] for k in pick))]))
+    gains.sort()
+    return {
+        "n": len(images), "old": score(a, refs).as_dict(), "new": score(b, refs).as_dict(),
+        "edit_distance_lower": sum(d_new < d_old for d_old, d_new in distances),
+        "edit_distance_higher": sum(d_new > d_old for d_old, d_new in distances),
+        "bleu_gain_mean": sum(gains) / len(gains), "bleu_gain_p05": gains[int(0.05 * len(gains))],
+        "bleu_gain_p95": gains[int(0.95 * len(gains)) - 1],
+        "long_outputs_old": sum(len(t) >= LONG for t in ta),
+        "long_outputs_new": sum(len(t) >= LONG for t in tb),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__.split("\n")[0])
+    parser.add_argument("old", type=Path)
+    parser.add_argument("new", type=Path)
+    parser.add_argument("--resamples", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        result = compare(read_predictions(args.old), read_predictions(args.new), args.resamples, args.seed)
+    except (OSError, KeyError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"old_file": str(args.old), "new_file": str(args.new), **result}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
