@@ -98,11 +98,13 @@ class LatexOCR:
             raise ValueError(result.error)
         return result.latex or ""
 
-    def prepare(self, img: ImageSource) -> np.ndarray:
-        """The model input for one image: grayscale, cropped, scaled, padded (uint8)."""
+    def prepare(self, img: ImageSource, name: str | None = None) -> np.ndarray:
+        """The model input for one image: grayscale, cropped, scaled, padded (uint8).
+
+        ``name`` is what error messages call the image (default: its path, or "<bytes>")."""
         c = self.config
-        return prepare(load_image(img, max_pixels=self.max_pixels), patch_size=c.patch_size, max_height=c.max_height,
-                       max_width=c.max_width, rescale=self.rescale)
+        return prepare(load_image(img, max_pixels=self.max_pixels, name=name), patch_size=c.patch_size,
+                       max_height=c.max_height, max_width=c.max_width, rescale=self.rescale)
 
     def predict(self, images: Sequence[ImageSource], *, progress: Iterable | None = None) -> list[Prediction]:
         """Predict many images; unreadable ones get ``error`` set and do not stop the others.

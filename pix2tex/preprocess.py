@@ -161,14 +161,15 @@ def _apply_exif_orientation(img: Image.Image) -> Image.Image:
 
 
 def load_image(source: str | os.PathLike | bytes | Image.Image, *,
-               max_pixels: int = MAX_PIXELS) -> Image.Image:
+               max_pixels: int = MAX_PIXELS, name: str | None = None) -> Image.Image:
     """Decode a file, raw bytes or a ``PIL.Image`` into an 8-bit grayscale (mode ``"L"``) image.
 
     Handles PNG/JPEG/WebP/BMP/TIFF/GIF in any PIL mode (see :func:`to_gray`), applies the EXIF
     orientation and takes the first frame of animations.  Images over ``max_pixels`` are refused
-    from the header, before any pixel is decoded.  Raises :class:`ImageLoadError`.
+    from the header, before any pixel is decoded.  Raises :class:`ImageLoadError`, whose message
+    starts with ``name`` (default: the path, or the kind of source).
     """
-    name = _describe(source)
+    name = _describe(source) if name is None else printable_name(name)
     if isinstance(source, Image.Image):
         img = source
         if img.width * img.height > max_pixels:

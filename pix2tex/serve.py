@@ -268,11 +268,10 @@ def create_app(ocr, settings: ServeSettings = ServeSettings(), *, model_name: st
         """(array, seconds) or (None, one-line reason) for one upload."""
         start = time.perf_counter()
         try:
-            return ocr.prepare(data), time.perf_counter() - start
-        except (ValueError, OSError) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            reason = reason.removeprefix("<bytes>: ")
-            return None, f"{printable_name(name)}: {reason}"
+            return ocr.prepare(data, name=name), time.perf_counter() - start
+        except (ValueError, OSError) as exc:  # the message names the upload (see load_image)
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return None, message if message.startswith(printable_name(name)) else f"{printable_name(name)}: {message}"
 
     async def read_uploads(uploads: Sequence[tuple[bytes, str]]) -> list[Reading]:
         loop = asyncio.get_running_loop()
