@@ -397,6 +397,7 @@ def _train(config: Config, resume: bool, device: torch.device, progress: bool, d
                desc="train")
     batch_index = start_batch
     finished = step >= total_steps  # the step limit or the CPU budget is reached
+    saved_at = -1  # the step whose last/ and last.pt were written
     try:
         while not finished and epoch < t.epochs:
             loader = torch.utils.data.DataLoader(
@@ -437,6 +438,7 @@ def _train(config: Config, resume: bool, device: torch.device, progress: bool, d
                             writer.folder("best", meta)
                     writer.folder("last", meta)
                     save_state(epoch, batch_index)
+                    saved_at = step
                 if finished:
                     break
             if not finished:  # the epoch's batches are done
@@ -444,8 +446,9 @@ def _train(config: Config, resume: bool, device: torch.device, progress: bool, d
                 batch_index = 0
                 if epoch % t.save_freq == 0:
                     save_state(epoch, 0)
-        writer.folder("last", {"step": step, "epoch": epoch})
-        save_state(epoch, batch_index)
+        if saved_at != step:  # the epochs ran out between validations (else last/ keeps its val scores)
+            writer.folder("last", {"step": step, "epoch": epoch})
+            save_state(epoch, batch_index)
     except (KeyboardInterrupt, _Stop):
         if ddp.is_main:
             bar.write(f"interrupted at step {step}: saving {run_dir / 'last.pt'} and {run_dir / 'last'}")

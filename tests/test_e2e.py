@@ -108,6 +108,9 @@ def test_resume_continues_from_saved_step_and_lr(pipeline):
     assert first["lr"] == pytest.approx(killed[first["step"]]["lr"], rel=1e-9)
     assert first["loss"] == pytest.approx(killed[first["step"]]["loss"], rel=1e-4)
     assert records[-1]["step"] == STEPS
+    # The final last/ is the one written with the final validation (its scores are kept).
+    meta = json.loads((pipeline["run_dir"] / "last" / "meta.json").read_text())
+    assert meta["step"] == STEPS and "bleu" in meta["val"]
 
 
 def test_model_learned_its_training_formulas(pipeline):
