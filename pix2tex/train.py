@@ -31,8 +31,8 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from pix2tex.checkpoint import (CheckpointError, load_model_folder, load_resume_state, save_model_folder,
-                                save_resume_state)
+from pix2tex.checkpoint import (CheckpointError, load_model_folder, load_resume_state, read_folder_files,
+                                save_model_folder, save_resume_state)
 from pix2tex.config import Config, ConfigError, TrainConfig, load_config, save_config
 from pix2tex.dataset.dataset import BatchDataset, DatasetError, Im2LatexDataset, collate_batch
 from pix2tex.distributed import Dist, DistributedError, init_from_env
@@ -264,6 +264,14 @@ class CheckpointWriter:
             })
 
 
+def _last_folder_step(run_dir: Path) -> int:
+    """The step the run's ``last/`` folder was written at (-1: none, or unreadable)."""
+    try:
+        return int(read_folder_files(run_dir / "last")[2].get("step", -1))
+    except (CheckpointError, TypeError, ValueError):
+        return -1
+
+
 def check_resumable(saved: dict[str, Any], config: Config) -> None:
     """Refuse to resume a run whose model settings changed: its weights would not fit, or worse,
     fit and mean something else.  Training settings (learning rate, data, steps) may change."""
@@ -397,7 +405,7 @@ def _train(config: Config, resume: bool, device: torch.device, progress: bool, d
                desc="train")
     batch_index = start_batch
     finished = step >= total_steps  # the step limit or the CPU budget is reached
-    saved_at = -1  # the step whose last/ and last.pt were written
+    saved_at = _last_folder_step(run_dir) if resume else -1  # the step of the run's last/ folder
     try:
         while not finished and epoch < t.epochs:
             loader = torch.utils.data.DataLoader(
@@ -446,9 +454,9 @@ def _train(config: Config, resume: bool, device: torch.device, progress: bool, d
                 batch_index = 0
                 if epoch % t.save_freq == 0:
                     save_state(epoch, 0)
-        if saved_at != step:  # the epochs ran out between validations (else last/ keeps its val scores)
+        if saved_at != step:  # else last/ was written at this step, with its validation scores: keep it
             writer.folder("last", {"step": step, "epoch": epoch})
-            save_state(epoch, batch_index)
+        save_state(epoch, batch_index)  # where a later --resume starts (the next epoch, when they ran out)
     except (KeyboardInterrupt, _Stop):
         if ddp.is_main:
             bar.write(f"interrupted at step {step}: saving {run_dir / 'last.pt'} and {run_dir / 'last'}")

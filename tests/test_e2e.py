@@ -185,3 +185,13 @@ def test_cpu_budget_stops_a_run_and_resume_counts_on(pipeline):
     _run([*args, "--set", "max_cpu_minutes=0.2", "--resume"], cwd=work)
     state = load_resume_state(work / "checkpoints" / "budget" / "last.pt")
     assert state["step"] > first_steps and 12.0 <= state["cpu_seconds"] < 40.0
+
+
+def test_resuming_a_finished_run_trains_nothing_and_keeps_its_last_folder(pipeline):
+    work, last = pipeline["work"], pipeline["run_dir"] / "last"
+    before = (last / "meta.json").read_text(), (last / "model.safetensors").read_bytes()
+    args = ["-m", "pix2tex.train", "--config", str(DEBUG), "--no-progress", "--set", "data=train.pkl",
+            "--set", "valdata=valid.pkl", "--set", "tokenizer=tok.json", "--set", f"max_steps={STEPS}", "--resume"]
+    result = _run(args, cwd=work)
+    assert f"done: step {STEPS}," in result.stdout
+    assert ((last / "meta.json").read_text(), (last / "model.safetensors").read_bytes()) == before
