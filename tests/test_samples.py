@@ -86,3 +86,45 @@ def test_a_dataset_file_with_columns_out_of_step_is_refused(tmp_path):
     data["root_ids"] = [0, 0, 5]
     with pytest.raises(DatasetError, match="<x>: 'root_ids' must index"):
         Im2LatexDataset.load_dict(data, source="<x>")
+
+
+# Computed with the code before SampleTable and BatchSampler existed (commit c6e87b3): a run that
+# resumes across a change of this module must get the same batches, so any change to the order is
+# a deliberate one, made here.
+GOLDEN = {"eligible": [0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 14, 15, 18, 19, 20, 21, 22, 23, 27, 29, 30, 32, 33, 34, 35, 40, 41, 42, 44, 45, 46, 47], "epoch0": [[2, 2, 42, 42, 3], [11], [34, 21, 21, 22, 11], [5, 45, 45, 4, 44], [19, 6, 7, 46, 47], [0, 40, 1, 41, 41], [3, 20, 20, 10, 5], [44, 32, 32, 33, 33], [27, 14, 14, 15, 15], [29, 29, 30, 30, 18], [47, 35, 35, 23, 23]], "epoch1": [[47, 47, 35, 35, 23], [23, 27, 14, 14, 15], [29, 29, 30, 18, 18], [0, 40, 1, 41, 41], [19, 6, 6, 7, 46], [45, 4, 44, 44, 32], [15, 2, 2, 42, 3], [20, 20, 10, 5, 5], [22, 11, 11], [32, 33, 33, 34, 21]]}
+
+
+def test_batch_order_is_the_one_runs_were_started_with():
+    n = 48
+    data = {"format": "pix2tex-dataset", "version": 1, "roots": ["/r"], "root_ids": [0] * n,
+            "paths": [f"render/{'abc'[k % 3]}/images/{k:07d}.png" for k in range(n)],
+            "heights": [12 + (k * 7) % 40 for k in range(n)], "widths": [30 + (k * 53) % 700 for k in range(n)],
+            "glyphs": [None if k % 5 == 0 else 8.0 + (k % 4) for k in range(n)],
+            "labels": [f"x_{k}" for k in range(n)], "skipped": {}, "tokenizer": None,
+            "settings": {"batchsize": 5, "seed": 7, "max_dimensions": [640, 64], "min_dimensions": [32, 32],
+                         "patch_size": 16, "keep_smaller_batches": True, "corpus_weights": {"a": 1.5, "c": 2},
+                         "length_pool": 2, "max_seq_len": 45}}
+    ds = Im2LatexDataset.load_dict(data)
+    lengths = [(k * 29) % 50 for k in range(n)]  # label lengths in tokens, as a tokenizer would give
+    assert ds.sampler.eligible(ds.samples, lengths) == GOLDEN["eligible"]
+    assert ds.sampler.batches(ds.samples, lengths, 0) == GOLDEN["epoch0"]
+    assert ds.sampler.batches(ds.samples, lengths, 1) == GOLDEN["epoch1"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"settings": {"batchsize": 0}}, "setting 'batchsize' must be at least 1"),
+    ({"settings": {"patch_size": 0}}, "setting 'patch_size' must be at least 1"),
+    ({"settings": {"length_pool": -1}}, "setting 'length_pool' must not be negative"),
+    ({"settings": {"max_dimensions": [0, 64]}}, "setting 'max_dimensions' must be two positive integers"),
+    ({"settings": {"augment_level": "wild"}}, "setting 'augment_level' must be 'light' or 'full'"),
+    ({"glyphs": [float("nan"), None, None]}, "field 'glyphs' must hold positive glyph heights or null"),
+    ({"widths": [0, 100, 100]}, "field 'widths' must hold positive sizes"),
+])
+def test_dataset_files_with_values_out_of_range_are_refused(change, message):
+    ds = Im2LatexDataset()
+    ds.samples = table(3)
+    data = ds.to_dict()
+    data.update({k: v for k, v in change.items() if k != "settings"})
+    data["settings"].update(change.get("settings", {}))
+    with pytest.raises(DatasetError, match=f"^<x>: {message}$"):
+        Im2LatexDataset.load_dict(data, source="<x>")

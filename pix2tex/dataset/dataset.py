@@ -419,7 +419,8 @@ class Im2LatexDataset:
 
     @property
     def sampler(self) -> BatchSampler:
-        """The batching settings of this dataset (the seed keeps them as attributes, see update())."""
+        """This dataset's batching settings as a :class:`BatchSampler` (they are attributes here, as in
+        the original pix2tex, and change through update())."""
         return BatchSampler(
             batchsize=self.batchsize, shuffle=self.shuffle, seed=self.seed, patch_size=self.patch_size,
             max_size=Size.from_wh(self.max_dimensions), min_size=Size.from_wh(self.min_dimensions),
@@ -463,6 +464,7 @@ class Im2LatexDataset:
         # Worker processes get plain data; the tokenizer travels as its JSON text.
         state = self.__dict__.copy()
         state["_tokenizer"] = self._tokenizer.to_str() if self._tokenizer is not None else None
+        state.pop("_lengths", None)  # keyed by this process's tokenizer object: useless in a worker
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -547,6 +549,10 @@ def _check_fields(data: dict, filename: str) -> None:
             continue  # files written before glyph heights were kept: every glyph height unknown
         if not isinstance(values, list) or not all(type(v) in types for v in values):
             raise DatasetError(f"{filename}: field '{key}' must be a list of {'/'.join(t.__name__ for t in types)}")
+        if key in ("widths", "heights") and not all(v > 0 for v in values):
+            raise DatasetError(f"{filename}: field '{key}' must hold positive sizes")
+        if key == "glyphs" and not all(v is None or (math.isfinite(v) and v > 0) for v in values):
+            raise DatasetError(f"{filename}: field 'glyphs' must hold positive glyph heights or null")
     settings = data.get("settings")
     if not isinstance(settings, dict):
         raise DatasetError(f"{filename}: field 'settings' must be a mapping")
@@ -555,8 +561,14 @@ def _check_fields(data: dict, filename: str) -> None:
             raise DatasetError(f"{filename}: unknown setting in 'settings'")
         if type(value) not in _SETTING_TYPES[key]:
             raise DatasetError(f"{filename}: setting '{key}' has the wrong type")
-        if key.endswith("dimensions") and (len(value) != 2 or not all(type(v) is int for v in value)):
-            raise DatasetError(f"{filename}: setting '{key}' must be two integers")
+        if key.endswith("dimensions") and (len(value) != 2 or not all(type(v) is int and v > 0 for v in value)):
+            raise DatasetError(f"{filename}: setting '{key}' must be two positive integers")
+        if key in ("batchsize", "max_seq_len", "patch_size") and value < 1:
+            raise DatasetError(f"{filename}: setting '{key}' must be at least 1")
+        if key in ("max_label_tokens", "length_pool") and value < 0:
+            raise DatasetError(f"{filename}: setting '{key}' must not be negative")
+        if key == "augment_level" and value not in ("light", "full"):
+            raise DatasetError(f"{filename}: setting 'augment_level' must be 'light' or 'full'")
         if key == "corpus_weights" and not all(type(k) is str and type(v) in (int, float) for k, v in value.items()):
             raise DatasetError(f"{filename}: setting 'corpus_weights' must map names to numbers")
     if not isinstance(data.get("skipped", {}), dict) or not all(

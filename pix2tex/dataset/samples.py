@@ -36,7 +36,7 @@ class Size(NamedTuple):
         return cls(int(height), int(width))
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # eq by identity: comparing every row is never what is meant
 class SampleTable:
     """One row per sample; ``roots`` are the image folders that ``root_ids`` point into."""
 
@@ -45,7 +45,7 @@ class SampleTable:
     paths: tuple[str, ...] = ()
     heights: tuple[int, ...] = ()
     widths: tuple[int, ...] = ()
-    glyphs: tuple[float | None, ...] = ()  # estimated glyph heights (see pix2tex.preprocess); None: unknown
+    glyphs: tuple[float | None, ...] = ()  # glyph heights in pixels (see pix2tex.preprocess); None: unknown
     labels: tuple[str, ...] = ()
 
     COLUMNS = ("root_ids", "paths", "heights", "widths", "glyphs", "labels")
