@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import random
 import sys
 from collections.abc import Sequence
@@ -37,6 +38,11 @@ def compare(old: dict[str, tuple[str, str]], new: dict[str, tuple[str, str]], re
     images = sorted(old.keys() & new.keys())
     if not images:
         raise ValueError("the two files share no image")
+    if resamples < 1:
+        raise ValueError(f"--resamples must be at least 1, got {resamples}")
+    differ = [i for i in images if old[i][1] != new[i][1]]
+    if differ:
+        raise ValueError(f"{len(differ)} images have different references in the two files (e.g. {differ[0]})")
     refs = [old[i][1] for i in images]
     a, b = [old[i][0] for i in images], [new[i][0] for i in images]
     ta, tb, tr = ([latex_tokens(t) for t in texts] for texts in (a, b, refs))
@@ -54,8 +60,9 @@ def compare(old: dict[str, tuple[str, str]], new: dict[str, tuple[str, str]], re
         "n": len(images), "old": score(a, refs).as_dict(), "new": score(b, refs).as_dict(),
         "edit_distance_lower": sum(d_new < d_old for d_old, d_new in distances),
         "edit_distance_higher": sum(d_new > d_old for d_old, d_new in distances),
-        "bleu_gain_mean": sum(gains) / len(gains), "bleu_gain_p05": gains[int(0.05 * len(gains))],
-        "bleu_gain_p95": gains[int(0.95 * len(gains)) - 1],
+        # nearest-rank percentiles of the resampled gains
+        "bleu_gain_mean": sum(gains) / len(gains), "bleu_gain_p05": gains[math.ceil(0.05 * len(gains)) - 1],
+        "bleu_gain_p95": gains[math.ceil(0.95 * len(gains)) - 1],
         "long_outputs_old": sum(len(t) >= LONG for t in ta),
         "long_outputs_new": sum(len(t) >= LONG for t in tb),
     }

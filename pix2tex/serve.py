@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -271,7 +271,8 @@ def create_app(ocr, settings: ServeSettings = ServeSettings(), *, model_name: st
             return ocr.prepare(data, name=name), time.perf_counter() - start
         except (ValueError, OSError) as exc:  # the message names the upload (see load_image)
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            return None, message if message.startswith(printable_name(name)) else f"{printable_name(name)}: {message}"
+            prefix = f"{printable_name(name)}: "
+            return None, message if message.startswith(prefix) else prefix + message
 
     async def read_uploads(uploads: Sequence[tuple[bytes, str]]) -> list[Reading]:
         loop = asyncio.get_running_loop()

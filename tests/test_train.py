@@ -90,8 +90,9 @@ def test_checkpoint_writer_writes_loadable_folders_and_states_on_rank_0_only(rea
     assert (state["step"], state["epoch"], state["batch"], state["best_bleu"], state["cpu_seconds"]) == (3, 1, 7, 0.25, 12.5)
     assert state["config"] == config.to_dict()
     other = tmp_path / "rank1"
-    CheckpointWriter(other, model, config, tokenizer, optimizer, scheduler, is_main=False).state(
-        step=3, epoch=1, batch=7, best_bleu=0.25, cpu_seconds=1.0)
+    quiet = CheckpointWriter(other, model, config, tokenizer, optimizer, scheduler, is_main=False)
+    quiet.state(step=3, epoch=1, batch=7, best_bleu=0.25, cpu_seconds=1.0)
+    quiet.folder("last", {"step": 3})
     assert not other.exists()
 
 
