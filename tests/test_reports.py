@@ -1,4 +1,5 @@
-"""benchmarks.compare: two models' predictions on the same images, side by side."""
+"""Reports on runs and models: benchmarks.compare (two models' predictions side by side) and
+benchmarks.curve (a staged run's learning curve)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 
 import pytest
 
+from benchmarks import curve
 from benchmarks.compare import main
 from tests.helpers import read_formulas
 
@@ -38,3 +40,21 @@ def test_refuses_files_that_disagree_on_references(tmp_path, capsys):
     _write(tmp_path / "new.tsv", [("a.png", "x", "y")])
     assert main([str(tmp_path / "old.tsv"), str(tmp_path / "new.tsv")]) == 2
     assert "1 images have different references" in capsys.readouterr().err
+
+
+def test_curve_continues_cpu_hours_across_stages_and_plots(tmp_path, capsys):
+    for name, lines in (("one", [{"step": 10, "loss": 3.0, "cpu_s": 1800.0},
+                                 {"step": 10, "val_bleu": 0.1, "val_edit_distance": 0.9},
+                                 {"step": 20, "loss": 2.0, "cpu_s": 3600.0},
+                                 {"step": 20, "val_bleu": 0.2, "val_edit_distance": 0.8}]),
+                        ("two", [{"step": 5, "loss": 1.5, "cpu_s": 1800.0},
+                                 {"step": 5, "val_bleu": 0.3, "val_edit_distance": 0.7}])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    png = tmp_path / "curve.png"
+    assert curve.main([str(tmp_path / "one"), str(tmp_path / "two"), "--png", str(png)]) == 0
+    points = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(p["stage"], p["step"], p["cpu_hours"], p["val_bleu"]) for p in points] == [
+        ("one", 10, 0.5, 0.1), ("one", 20, 1.0, 0.2), ("two", 5, 1.5, 0.3)]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert curve.main([str(tmp_path / "missing")]) == 2
