@@ -32,25 +32,16 @@ def curve(stages: Sequence[Path]) -> list[dict]:
 
 
 def plot(points: list[dict], png: Path) -> None:
-    import matplotlib
+    from benchmarks.plotting import figure, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = figure(2, 11)
     for stage in dict.fromkeys(p["stage"] for p in points):
         rows = [p for p in points if p["stage"] == stage]
         x = [p["cpu_hours"] for p in rows]
         axes[0].plot(x, [p["val_bleu"] for p in rows], marker="o", label=stage)
         axes[1].plot(x, [p["val_edit_distance"] for p in rows], marker="o", label=stage)
-    for ax, title in zip(axes, ("BLEU, 200 im2latex validation renders", "edit distance, same images")):
-        ax.set_title(title)
-        ax.set_xlabel("CPU hours of training (all stages)")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=100)
+    save(fig, axes, ("BLEU, 200 im2latex validation renders", "edit distance, same images"),
+         "CPU hours of training (all stages)", png, dpi=100)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -218,28 +218,18 @@ def run_race(data: Path, out: Path, rounds: list[float], eval_every: float, name
 
 
 def plot(out: Path, png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from benchmarks.plotting import figure, save
 
     records = [json.loads(line) for line in (out / "race.jsonl").read_text().splitlines()]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = figure(3, 15)
     for name in dict.fromkeys(r["candidate"] for r in records):
         rows = sorted((r for r in records if r["candidate"] == name), key=lambda r: r["cpu_min"])
         x = [r["cpu_min"] for r in rows]
         axes[0].plot(x, [r["real_bleu"] for r in rows], marker="o", label=name)
         axes[1].plot(x, [r["val_bleu"] for r in rows], marker="o", label=name)
         axes[2].plot(x, [r["bpc"] for r in rows], marker="o", label=name)
-    for ax, title in zip(axes, ("BLEU, 200 real im2latex_sample images", "BLEU, 200 im2latex validation renders",
-                                "bits per character (teacher-forced)")):
-        ax.set_title(title)
-        ax.set_xlabel("CPU minutes of training")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=110)
+    save(fig, axes, ("BLEU, 200 real im2latex_sample images", "BLEU, 200 im2latex validation renders",
+                     "bits per character (teacher-forced)"), "CPU minutes of training", png)
 
 
 def main(argv: list[str] | None = None) -> int:
