@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import random
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from pix2tex.dataset.samples import SampleTable, Size
@@ -41,23 +41,24 @@ class BatchSampler:
     def eligible(self, table: SampleTable, lengths: Sequence[int] | None) -> list[int]:
         """Rows whose prepared image fits ``max_size`` and whose label (when ``lengths`` are
         known) fits ``max_tokens``."""
-        keep = []
+        return [i for i, _ in self._fitting(table, lengths)]
+
+    def _fitting(self, table: SampleTable, lengths: Sequence[int] | None) -> Iterator[tuple[int, Size]]:
+        """(row, prepared size) of the eligible rows, in row order."""
         for i in range(len(table)):
             size = table.prepared_size(i)
             if size.width > self.max_size.width or size.height > self.max_size.height:
                 continue
             if lengths is not None and lengths[i] > self.max_tokens:
                 continue
-            keep.append(i)
-        return keep
+            yield i, size
 
     def batches(self, table: SampleTable, lengths: Sequence[int] | None, epoch: int) -> list[list[int]]:
         """The batches of one epoch, as lists of row indices."""
         rng = random.Random(f"{self.seed}:{epoch}")
         buckets: dict[tuple[int, int], list[int]] = defaultdict(list)
         p = self.patch_size
-        for i in self.eligible(table, lengths):
-            size = table.prepared_size(i)
+        for i, size in self._fitting(table, lengths):
             key = (math.ceil(max(size.height, self.min_size.height) / p), math.ceil(max(size.width, self.min_size.width) / p))
             buckets[key] += [i] * self._copies(table, i, rng)
         out: list[list[int]] = []
