@@ -18,9 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from rapidfuzz.distance import Levenshtein
-
-from pix2tex.metrics import bleu_from_statistics, bleu_statistics, score
+from pix2tex.metrics import bleu_from_statistics, bleu_statistics, edit_distances, score
 from pix2tex.normalize import latex_tokens
 
 LONG = 200  # tokens
@@ -45,9 +43,7 @@ def compare(old: dict[str, tuple[str, str]], new: dict[str, tuple[str, str]], re
         raise ValueError(f"{len(differ)} images have different references in the two files (e.g. {differ[0]})")
     refs = [old[i][1] for i in images]
     a, b = [old[i][0] for i in images], [new[i][0] for i in images]
-    ta, tb, tr = ([latex_tokens(t) for t in texts] for texts in (a, b, refs))
-    distances = [(Levenshtein.normalized_distance(p, r), Levenshtein.normalized_distance(q, r))
-                 for p, q, r in zip(ta, tb, tr)]
+    distances = list(zip(edit_distances(a, refs), edit_distances(b, refs)))
     stats_a, stats_b = bleu_statistics(a, refs), bleu_statistics(b, refs)
     rng = random.Random(seed)
     gains = []
@@ -63,8 +59,8 @@ def compare(old: dict[str, tuple[str, str]], new: dict[str, tuple[str, str]], re
         # nearest-rank percentiles of the resampled gains
         "bleu_gain_mean": sum(gains) / len(gains), "bleu_gain_p05": gains[math.ceil(0.05 * len(gains)) - 1],
         "bleu_gain_p95": gains[math.ceil(0.95 * len(gains)) - 1],
-        "long_outputs_old": sum(len(t) >= LONG for t in ta),
-        "long_outputs_new": sum(len(t) >= LONG for t in tb),
+        "long_outputs_old": sum(len(latex_tokens(p)) >= LONG for p in a),
+        "long_outputs_new": sum(len(latex_tokens(p)) >= LONG for p in b),
     }
 
 

@@ -14,7 +14,8 @@ from rapidfuzz.distance import Levenshtein
 
 from pix2tex.normalize import latex_tokens
 
-__all__ = ["Scores", "bleu", "bleu_statistics", "bleu_from_statistics", "edit_distance", "token_accuracy", "exact_match", "score"]
+__all__ = ["Scores", "bleu", "bleu_statistics", "bleu_from_statistics", "edit_distance",
+           "edit_distances", "token_accuracy", "exact_match", "score"]
 
 
 def _tokens(texts: Sequence[str]) -> list[list[str]]:
@@ -50,12 +51,15 @@ def bleu_from_statistics(total: Sequence[int]) -> float:
                                        smooth_method="exp").score / 100.0
 
 
+def edit_distances(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
+    """Each pair's token-level Levenshtein distance, normalized by the longer sequence (0 = equal)."""
+    return [Levenshtein.normalized_distance(p, r) for p, r in zip(_tokens(predictions), _tokens(references))]
+
+
 def edit_distance(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Mean token-level Levenshtein distance, each normalized by the longer sequence (0 = equal)."""
-    pairs = list(zip(_tokens(predictions), _tokens(references)))
-    if not pairs:
-        return 0.0
-    return sum(Levenshtein.normalized_distance(p, r) for p, r in pairs) / len(pairs)
+    """Mean of :func:`edit_distances`."""
+    distances = edit_distances(predictions, references)
+    return sum(distances) / len(distances) if distances else 0.0
 
 
 def token_accuracy(predictions: Sequence[str], references: Sequence[str]) -> float:
