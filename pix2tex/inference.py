@@ -27,7 +27,7 @@ from pix2tex.fileio import printable_name
 from pix2tex.models import decoding
 from pix2tex.preprocess import MAX_PIXELS, load_image, prepare, to_batch
 
-__all__ = ["LatexOCR", "Prediction"]
+__all__ = ["LatexOCR", "Prediction", "image_error"]
 
 ImageSource = str | os.PathLike | bytes | Image.Image
 
@@ -43,6 +43,14 @@ class Prediction:
     confidence: float | None = None  # mean log-probability of the decoded tokens (≤ 0)
     seconds: float = 0.0
     error: str | None = None
+
+
+def image_error(exc: BaseException, name: str) -> str:
+    """Why an image could not be read, as one line that starts with ``name: `` (the loaders name
+    their source themselves; other errors, such as a blank image's, get the name put in front)."""
+    message = (str(exc).splitlines() or [type(exc).__name__])[0]
+    prefix = f"{printable_name(name)}: "
+    return message if message.startswith(prefix) else prefix + message
 
 
 def _name(source: ImageSource, index: int) -> str:
@@ -118,11 +126,7 @@ class LatexOCR:
             try:
                 prepared.append((k, self.prepare(img), time.perf_counter() - start))
             except (ValueError, OSError) as exc:
-                message = str(exc)
-                name = printable_name(_name(img, k))  # error messages stay one line
-                if not message.startswith(name):
-                    message = f"{name}: {message}"
-                results[k] = Prediction(_name(img, k), None, error=message.splitlines()[0])
+                results[k] = Prediction(_name(img, k), None, error=image_error(exc, _name(img, k)))
                 if progress is not None:
                     progress.update(1)
         readings = self.read([arr for _, arr, _ in prepared], progress=progress)

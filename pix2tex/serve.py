@@ -228,7 +228,7 @@ def create_app(ocr, settings: ServeSettings = ServeSettings(), *, model_name: st
     from pydantic import BaseModel, Field
 
     import pix2tex
-    from pix2tex.fileio import printable_name
+    from pix2tex.inference import image_error
 
     batcher = Batcher(ocr.read, max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000,
                       max_queue=settings.max_queue)
@@ -269,10 +269,8 @@ def create_app(ocr, settings: ServeSettings = ServeSettings(), *, model_name: st
         start = time.perf_counter()
         try:
             return ocr.prepare(data, name=name), time.perf_counter() - start
-        except (ValueError, OSError) as exc:  # the message names the upload (see load_image)
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            prefix = f"{printable_name(name)}: "
-            return None, message if message.startswith(prefix) else prefix + message
+        except (ValueError, OSError) as exc:
+            return None, image_error(exc, name)
 
     async def read_uploads(uploads: Sequence[tuple[bytes, str]]) -> list[Reading]:
         loop = asyncio.get_running_loop()

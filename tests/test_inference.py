@@ -192,3 +192,14 @@ def test_finished_rows_leave_the_batch_without_changing_readings(sample_dir):
     assert len(ends) >= 3  # sequences really end at different steps
     assert torch.equal(lean.ids, library.ids)
     assert lean.logprob.tolist() == pytest.approx(library.logprob.tolist(), abs=1e-4)
+
+
+def test_image_errors_are_one_line_starting_with_the_name():
+    from pix2tex.inference import image_error
+    from pix2tex.preprocess import BlankImageError, ImageLoadError
+
+    assert image_error(ImageLoadError("a.png: empty file"), "a.png") == "a.png: empty file"
+    assert image_error(BlankImageError("no ink found\nmore"), "a.png") == "a.png: no ink found"
+    # A message that merely begins with the same letters as the name still gets the name.
+    assert image_error(ValueError("bad size limits"), "bad") == "bad: bad size limits"
+    assert image_error(ValueError(), "x\ny.png") == "x\\ny.png: ValueError"
