@@ -11,8 +11,9 @@ and 48 target tokens (random weights, fp32, ``--threads``): CNN backbone, ViT bl
 also the data path (loading, augmentation and preprocessing of one real training batch of 32, as a
 DataLoader worker does it).  Medians of 5 runs after 1 warm-up.
 
-``--levers``: the whole step with bf16 autocast on the CPU, channels_last, torch.compile, and with
-120 target tokens instead of 48.
+``--levers``: the whole step with bf16 autocast on the CPU, channels_last, torch.compile, the
+encoder's explicit attention instead of PyTorch's fused kernel (alone and with bf16, as training on
+the CPU runs), and with 120 target tokens instead of 48.
 
 ``--throughput``: real training runs (``python -m pix2tex.train``, DataLoader worker, augmentation)
 on the real dataset for ``--steps`` steps each, validation excluded: median samples/s.
@@ -61,7 +62,9 @@ def _inputs(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
 
 def whole_step(cfg: ModelConfig, lever: str = "none", tokens: int = TOKENS):
     """A closure running one full training step of ``cfg`` on fixed inputs, with one speed lever:
-    "none", "bf16" (CPU autocast), "channels_last" (backbone memory format) or "compile" (torch.compile)."""
+    "none", "bf16" (CPU autocast), "channels_last" (backbone memory format), "compile" (torch.compile),
+    "explicit_attn" (the encoder without the fused attention kernel) or "bf16_explicit_attn" (both).
+    The model is as ``get_model`` builds it, so "none" attends with the fused kernel."""
     from pix2tex.models import get_model
 
     torch.manual_seed(0)
@@ -70,6 +73,8 @@ def whole_step(cfg: ModelConfig, lever: str = "none", tokens: int = TOKENS):
     images, targets = _inputs(cfg)
     targets = targets[:, :1].repeat(1, tokens) if tokens != targets.shape[1] else targets
     forward = model
+    if lever.endswith("explicit_attn"):
+        model.encoder.use_fused_attention(False)
     if lever == "channels_last":
         model.encoder.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
@@ -78,7 +83,7 @@ def whole_step(cfg: ModelConfig, lever: str = "none", tokens: int = TOKENS):
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=lever == "bf16"):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=lever.startswith("bf16")):
             loss = forward(images, targets).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -93,7 +98,8 @@ def levers(name: str, cfg: ModelConfig) -> list[dict]:
     rows = []
     base = None
     for lever, tokens in (("none", TOKENS), ("bf16", TOKENS), ("channels_last", TOKENS), ("compile", TOKENS),
-                          ("none", 120), ("bf16", 120)):
+                          ("explicit_attn", TOKENS), ("bf16_explicit_attn", TOKENS),
+                          ("none", 120), ("bf16", 120), ("bf16_explicit_attn", 120)):
         try:
             t = median_time(whole_step(cfg, lever, tokens), warmup=2 if lever == "compile" else 1)
         except Exception as exc:  # a lever this machine cannot use is reported, not fatal
@@ -272,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.train_step", description=__doc__.splitlines()[0])
     parser.add_argument("--profile", action="store_true", help="time each part of a step")
     parser.add_argument("--compare", action="store_true", help="whole steps beside pix2tex 0.1.4")
-    parser.add_argument("--levers", action="store_true", help="bf16 autocast, channels_last, torch.compile")
+    parser.add_argument("--levers", action="store_true", help="bf16 autocast, channels_last, torch.compile, explicit attention")
     parser.add_argument("--throughput", help="comma-separated recipes (default,recipe,recipe_bf16): real "
                                                "training runs on --data, samples/s")
     parser.add_argument("--steps", type=int, default=60, help="training steps per --throughput run")

@@ -384,6 +384,8 @@ def _train(config: Config, resume: bool, device: torch.device, progress: bool, d
         return cpu_before + time.process_time() - cpu_start
 
     use_bf16 = _use_bf16(device, t.cpu_bf16)
+    if use_bf16 and device.type == "cpu":
+        model.encoder.use_fused_attention(False)  # same result; the fused kernel's bf16 backward is slow here
 
     writer = CheckpointWriter(run_dir, model, config, tokenizer, optimizer, scheduler, ddp.is_main)
 

@@ -507,6 +507,30 @@ def test_padding_changes_an_unmasked_models_memory_but_not_a_masked_ones(sample_
         assert same == masked
 
 
+def test_explicit_attention_trains_like_the_fused_kernel(sample_dir):
+    """Training on the CPU in bf16 swaps the encoder's fused attention for timm's explicit form (speed):
+    on a masked mixed-size batch of real images the loss and every gradient stay the same."""
+    model = tiny_model(dim=64, heads=4, max_height=128, max_width=640, backbone_channels=[32, 64],
+                       stem_channels=32, backbone_norm="batch", mask_padding=True)
+    _, images, sizes = _real_batch(sample_dir, 8, model.cfg)
+    targets = torch.randint(4, model.cfg.num_tokens, (images.shape[0], 20), generator=torch.Generator().manual_seed(0))
+    targets[:, 0] = BOS_ID
+    results = {}
+    for fused in (True, False):
+        net = copy.deepcopy(model).train()
+        net.encoder.use_fused_attention(fused)
+        loss = net(images, targets, sizes=sizes).loss
+        loss.backward()
+        results[fused] = loss.item(), [p.grad.clone() for p in net.parameters()]
+    assert results[False][0] == pytest.approx(results[True][0], rel=1e-5)
+    for explicit_grad, fused_grad in zip(results[False][1], results[True][1], strict=True):
+        assert torch.allclose(explicit_grad, fused_grad, rtol=1e-3, atol=1e-6)
+    blocks = model.encoder.vit.blocks
+    assert all(block.attn.fused_attn for block in blocks)  # the copies changed, not the model
+    model.encoder.use_fused_attention(False)
+    assert not any(block.attn.fused_attn for block in blocks)
+
+
 def test_seed_module_name_still_imports_the_model():
     from pix2tex.models import model, utils
 

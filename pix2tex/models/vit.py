@@ -104,6 +104,17 @@ class ImageEncoder(nn.Module):
             return self.vit.forward_features(images)
         return self.vit.forward_features(images, attn_mask=mask[:, None, None, :])
 
+    def use_fused_attention(self, enabled: bool) -> None:
+        """Attend with PyTorch's fused kernel (``enabled``) or timm's explicit softmax(QK^T)V.
+
+        Both compute the same thing (to float rounding). The fused kernel is the one for GPUs and
+        for fp32 on the CPU; under bf16 autocast on the CPU (torch 2.14) its backward pass costs
+        about seven times its forward, and the recipe's bf16 training step runs about 20 % faster
+        with the explicit form (``python -m benchmarks.train_step --levers``, docs/RESULTS.md).
+        """
+        for block in self.vit.blocks:
+            block.attn.fused_attn = enabled
+
 
 def make_vision_transformer(cfg: ModelConfig, patches: Callable[..., nn.Module], patch_size: int) -> VisionTransformer:
     """timm's VisionTransformer whose embed layer is ``patches`` (given timm's embed arguments) + grid positions."""
