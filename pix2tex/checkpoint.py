@@ -5,7 +5,8 @@ A *model folder* is what ``pix2tex predict`` and :class:`pix2tex.LatexOCR` load:
     model.safetensors   weights (safetensors: loading can never run code)
     config.yaml         the resolved ModelConfig
     tokenizer.json      the tokenizer the model was trained with
-    meta.json           step, validation scores (informative)
+    meta.json           step, validation scores (informative); ``glyph_scale``, the glyph size
+                        this model reads best at, relative to the training size (default 1)
 
 A *resume state* (``last.pt``) holds everything ``--resume`` needs: model, optimizer, scheduler,
 step, epoch, position in the epoch, RNG states, best score and the resolved config.  It is read
@@ -37,11 +38,12 @@ from pix2tex.tokenizer import LatexTokenizer, TokenizerError
 
 __all__ = [
     "CheckpointError", "save_model_folder", "load_model_folder", "resolve_model_folder",
-    "save_resume_state", "load_resume_state", "default_model_folder", "read_folder_files",
+    "save_resume_state", "load_resume_state", "default_model_folder", "read_folder_files", "glyph_scale",
 ]
 
 WEIGHTS, CONFIG, TOKENIZER, META = "model.safetensors", "config.yaml", "tokenizer.json", "meta.json"
 MAX_TOKENIZER_BYTES = 64 * 2**20
+GLYPH_SCALE_RANGE = (0.5, 2.0)
 
 
 class CheckpointError(ValueError):
@@ -139,6 +141,7 @@ def read_folder_files(folder: Path, kind: str = "model folder") -> tuple[ModelCo
         meta = json.loads(read_limited(meta_path, MAX_SETTINGS_BYTES, "meta file")) if meta_path.is_file() else {}
         if not isinstance(meta, dict):
             raise CheckpointError(f"{meta_path}: must hold a JSON object")
+        glyph_scale(meta, str(meta_path))
     except (ConfigError, TokenizerError, FileReadError) as exc:
         raise CheckpointError(f"{folder}: {exc}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -146,6 +149,16 @@ def read_folder_files(folder: Path, kind: str = "model folder") -> tuple[ModelCo
     except RecursionError:
         raise CheckpointError(f"{folder}: {META} nested too deeply") from None
     return config, tokenizer, meta
+
+
+def glyph_scale(meta: dict[str, Any], source: str = META) -> float:
+    """The glyph size a model reads best at, relative to the size it was trained at (meta.json's
+    ``glyph_scale``, 1 when absent); chosen on validation renders by ``benchmarks.glyph_scale``."""
+    value = meta.get("glyph_scale", 1.0)
+    lo, hi = GLYPH_SCALE_RANGE
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        raise CheckpointError(f"{source}: glyph_scale must be a number from {lo} to {hi}, got {value!r}")
+    return float(value)
 
 
 # -- resume states -------------------------------------------------------------------------------------
@@ -193,8 +206,9 @@ def load_resume_state(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pix2tex.checkpoint SRC DST [--fp16]``: copy a model folder, optionally in half
-    precision (how the bundled model is made from a training run's ``best`` folder)."""
+    """``python -m pix2tex.checkpoint SRC DST [--fp16] [--glyph-scale F]``: copy a model folder,
+    optionally in half precision and with the glyph size it reads best at (how the bundled model is
+    made from a training run's ``best`` folder)."""
     import argparse
     import sys
 
@@ -202,9 +216,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("src", help="model folder, e.g. checkpoints/default/best")
     parser.add_argument("dst", help="target folder, e.g. pix2tex/model/checkpoints/default")
     parser.add_argument("--fp16", action="store_true", help="store floating-point weights as float16")
+    parser.add_argument("--glyph-scale", type=float, metavar="F",
+                        help="glyph size to read at, relative to training's (python -m benchmarks.glyph_scale)")
     args = parser.parse_args(argv)
     try:
         model, config, tokenizer, meta = load_model_folder(args.src)
+        if args.glyph_scale is not None:
+            meta = {**meta, "glyph_scale": args.glyph_scale}
+            glyph_scale(meta, "--glyph-scale")
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

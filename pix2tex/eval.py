@@ -94,9 +94,10 @@ def read_dataset(model: Model, tokenizer: LatexTokenizer, dataset: Im2LatexDatas
 
 
 def evaluate_folder(checkpoint: str | None, images: str, labels: str, *, beam: int = 1, batch_size: int = 16,
-                    limit: int | None = None, device: str | None = None,
+                    limit: int | None = None, device: str | None = None, glyph_scale: float | None = None,
                     progress: bool = True) -> tuple[Scores, list[tuple[str, str, str]]]:
-    """Score a model folder on real images listed in a ``path<TAB>latex`` file."""
+    """Score a model folder on real images listed in a ``path<TAB>latex`` file (read as
+    :class:`LatexOCR` reads them; ``glyph_scale``: see there)."""
     pairs = read_labels(labels)
     if any(image is None for image, _ in pairs):
         raise DatasetError(f"{labels}: expected 'path<TAB>latex' lines")
@@ -106,7 +107,7 @@ def evaluate_folder(checkpoint: str | None, images: str, labels: str, *, beam: i
         raise DatasetError(f"{images}: image folder not found")
     # labels.tsv paths may include the folder's own name (im2latex_sample: images/x.png).
     paths = [str(root / p) if (root / p).exists() else str(root.parent / p) for p, _ in pairs]
-    ocr = LatexOCR(checkpoint, device=device, beam=beam, batch_size=batch_size)
+    ocr = LatexOCR(checkpoint, device=device, beam=beam, batch_size=batch_size, glyph_scale=glyph_scale)
     with tqdm(total=len(paths), disable=not progress, desc="eval") as bar:
         predictions = ocr.predict(paths, progress=bar)
     rows = []
@@ -126,6 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--beam", type=int, default=1, help="beam size (1: greedy)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--limit", type=int, help="score only the first N samples")
+    parser.add_argument("--glyph-scale", type=float, metavar="F",
+                        help="with --images: read glyphs at F times the training size (default: the model's)")
     parser.add_argument("--out", help="predictions TSV (default: predictions.tsv in the working directory)")
     parser.add_argument("--json", action="store_true", help="print the scores as one JSON line")
     parser.add_argument("--no_cuda", "--no-cuda", action="store_true")
@@ -139,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give either --data TEST.pkl or --images DIR --labels FILE")
     if args.beam < 1:
         parser.error("--beam must be at least 1")
+    if args.glyph_scale is not None and args.images is None:
+        parser.error("--glyph-scale applies to --images (a dataset is read at its stored glyph sizes)")
     device = "cuda" if torch.cuda.is_available() and not args.no_cuda else "cpu"
     start = time.perf_counter()
     try:
@@ -147,7 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                             limit=args.limit, device=device)
         else:
             scores, rows = evaluate_folder(args.checkpoint, args.images, args.labels, beam=args.beam,
-                                           batch_size=args.batch_size, limit=args.limit, device=device)
+                                           batch_size=args.batch_size, limit=args.limit, device=device,
+                                           glyph_scale=args.glyph_scale)
     except (CheckpointError, DatasetError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

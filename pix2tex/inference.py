@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pix2tex.checkpoint import load_model_folder
+from pix2tex.checkpoint import CheckpointError, glyph_scale, load_model_folder
 from pix2tex.fileio import printable_name
 from pix2tex.models import decoding
-from pix2tex.preprocess import MAX_PIXELS, load_image, prepare, to_batch
+from pix2tex.preprocess import DEFAULT_GLYPH_HEIGHT, MAX_PIXELS, load_image, prepare, to_batch
 
 __all__ = ["LatexOCR", "Prediction", "image_error"]
 
@@ -59,6 +59,16 @@ def _name(source: ImageSource, index: int) -> str:
     return f"<image {index}>"
 
 
+def _glyph_scale(meta: dict, chosen: float | None) -> float:
+    """The caller's glyph scale if given (checked like a model folder's), else the folder's."""
+    if chosen is None:
+        return glyph_scale(meta)
+    try:
+        return glyph_scale({"glyph_scale": chosen}, "glyph_scale")
+    except CheckpointError as exc:
+        raise ValueError(str(exc)) from None
+
+
 class LatexOCR:
     """Read formula images with a trained model folder (default: the model shipped in the package).
 
@@ -70,6 +80,8 @@ class LatexOCR:
         encoder_batch: images of a batch encoded at once: memory against speed (default: 2 on a
             CPU, which bounds peak memory at some cost in speed; the whole batch elsewhere).
         rescale: normalize the glyph size of input images to the training size.
+        glyph_scale: with ``rescale``, read glyphs at this multiple of the training size (default:
+            the model folder's ``glyph_scale``, chosen on validation renders; 1 when it has none).
         engine: "torch", or "onnx" to run a folder written by ``pix2tex export --onnx`` with
             onnxruntime (CPU).
         threads: CPU threads for the onnx engine (default: onnxruntime's choice).
@@ -78,7 +90,8 @@ class LatexOCR:
 
     def __init__(self, checkpoint: str | os.PathLike | None = None, *, device: str | None = None,
                  beam: int = 1, batch_size: int = 8, rescale: bool = True, engine: str = "torch",
-                 threads: int | None = None, encoder_batch: int | None = None, max_pixels: int = MAX_PIXELS):
+                 threads: int | None = None, encoder_batch: int | None = None, max_pixels: int = MAX_PIXELS,
+                 glyph_scale: float | None = None):
         if beam < 1 or batch_size < 1 or (encoder_batch is not None and encoder_batch < 1):
             raise ValueError(f"beam ({beam}), batch_size ({batch_size}) and encoder_batch ({encoder_batch}) "
                              "must be at least 1")
@@ -97,6 +110,7 @@ class LatexOCR:
             # The exported graphs have no padding mask: one image per batch keeps readings exact.
             batch_size = 1
         self.beam, self.batch_size, self.rescale, self.max_pixels = beam, batch_size, rescale, max_pixels
+        self.glyph_scale = _glyph_scale(self.meta, glyph_scale)
         self.encoder_batch = encoder_batch or (CPU_ENCODER_BATCH if self.device.type == "cpu" else batch_size)
 
     def __call__(self, img: ImageSource) -> str:
@@ -112,7 +126,8 @@ class LatexOCR:
         ``name`` is what error messages call the image (default: its path, or "<bytes>")."""
         c = self.config
         return prepare(load_image(img, max_pixels=self.max_pixels, name=name), patch_size=c.patch_size,
-                       max_height=c.max_height, max_width=c.max_width, rescale=self.rescale)
+                       max_height=c.max_height, max_width=c.max_width, rescale=self.rescale,
+                       target_glyph_height=DEFAULT_GLYPH_HEIGHT * self.glyph_scale)
 
     def predict(self, images: Sequence[ImageSource], *, progress: Iterable | None = None) -> list[Prediction]:
         """Predict many images; unreadable ones get ``error`` set and do not stop the others.

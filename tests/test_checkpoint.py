@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import shutil
@@ -9,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from pix2tex.checkpoint import (CheckpointError, load_model_folder, load_resume_state, save_model_folder,
+from pix2tex.checkpoint import (CheckpointError, load_model_folder, load_resume_state, main, save_model_folder,
                                 save_resume_state)
 from pix2tex.config import ModelConfig
 from pix2tex.models.model import get_model
@@ -72,6 +73,20 @@ def test_broken_model_folders(tmp_path, tokenizer):
     (tmp_path / "n" / "tokenizer.json").unlink()
     with pytest.raises(CheckpointError, match="incomplete model folder"):
         load_model_folder(tmp_path / "n")
+
+
+def test_glyph_scale_is_set_on_copy_and_checked_on_load(tmp_path, tokenizer, capsys):
+    save_model_folder(tmp_path / "src", get_model(CFG), CFG, tokenizer, {"step": 7})
+    assert main([str(tmp_path / "src"), str(tmp_path / "dst"), "--fp16", "--glyph-scale", "1.2"]) == 0
+    *_, meta = load_model_folder(tmp_path / "dst")
+    assert meta == {"step": 7, "glyph_scale": 1.2}
+    assert main([str(tmp_path / "src"), str(tmp_path / "bad"), "--glyph-scale", "9"]) == 2
+    assert "--glyph-scale: glyph_scale must be a number from 0.5 to 2.0, got 9.0" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    for value in ("1.2", True, 0.1, None):
+        (tmp_path / "dst" / "meta.json").write_text(json.dumps({"glyph_scale": value}))
+        with pytest.raises(CheckpointError, match=r"meta\.json: glyph_scale must be a number"):
+            load_model_folder(tmp_path / "dst")
 
 
 def test_resume_state_round_trip_and_refuses_code(tmp_path):

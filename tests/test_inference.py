@@ -126,6 +126,28 @@ def test_cli_errors(model_dir, tmp_path):
     assert r.returncode == 2 and "unknown command" in r.stderr.decode()
 
 
+def _ink_width(prepared) -> int:
+    columns = (prepared < 128).any(axis=0).nonzero()[0]
+    return int(columns[-1] - columns[0]) + 1
+
+
+def test_glyph_scale_enlarges_what_the_model_reads(model_dir, images, tmp_path):
+    """A folder's glyph_scale (or the caller's) scales the prepared image; bad values are refused."""
+    good, _ = images
+    plain = LatexOCR(model_dir, device="cpu").prepare(good[0])
+    shutil.copytree(model_dir, tmp_path / "m")
+    (tmp_path / "m" / "meta.json").write_text(json.dumps({"glyph_scale": 1.5}))
+    folder = LatexOCR(tmp_path / "m", device="cpu")
+    assert folder.glyph_scale == 1.5
+    assert _ink_width(folder.prepare(good[0])) == pytest.approx(1.5 * _ink_width(plain), rel=0.05)
+    assert (LatexOCR(tmp_path / "m", device="cpu", glyph_scale=1.0).prepare(good[0]) == plain).all()
+    with pytest.raises(ValueError, match="glyph_scale must be a number from 0.5 to 2.0, got 3"):
+        LatexOCR(model_dir, device="cpu", glyph_scale=3)
+    r = _cli("predict", str(good[0]), "--checkpoint", str(model_dir), "--glyph-scale", "0")
+    assert r.returncode == 2 and r.stderr.decode().strip() == \
+        "error: glyph_scale: glyph_scale must be a number from 0.5 to 2.0, got 0.0"
+
+
 def test_onnx_engine_reads_like_torch(model_dir, images, tmp_path):
     good, _ = images
     from pix2tex.export import export_onnx

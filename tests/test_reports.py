@@ -58,3 +58,17 @@ def test_curve_continues_cpu_hours_across_stages_and_plots(tmp_path, capsys):
         ("one", 10, 0.5, 0.1), ("one", 20, 1.0, 0.2), ("two", 5, 1.5, 0.3)]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert curve.main([str(tmp_path / "missing")]) == 2
+
+
+def test_glyph_scale_picks_the_best_mean_bleu_and_spreads_its_sample():
+    from benchmarks.glyph_scale import best, spread
+
+    rows = [{"data": d, "glyph_scale": s, "bleu": b, "edit_distance": e}
+            for d, s, b, e in [("a", 1.0, 0.50, 0.30), ("b", 1.0, 0.40, 0.20),
+                               ("a", 1.2, 0.46, 0.28), ("b", 1.2, 0.46, 0.19),
+                               ("a", 1.4, 0.52, 0.35), ("b", 1.4, 0.40, 0.25)]]
+    # 1.2 and 1.4 tie on mean BLEU (0.46); 1.2 has the lower mean edit distance.
+    assert best(rows) == {"bench": "glyph_scale_best", "glyph_scale": 1.2, "mean_bleu": 0.46,
+                          "mean_edit_distance": 0.235}
+    assert spread(10, 4) == [0, 2, 5, 7]
+    assert spread(3, None) == spread(3, 5) == [0, 1, 2]

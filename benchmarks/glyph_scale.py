@@ -1,0 +1,87 @@
+"""Which glyph size does a model read best at?  Chooses a model folder's ``glyph_scale``.
+
+``prepare`` scales every image so its typical glyph is ``DEFAULT_GLYPH_HEIGHT`` pixels tall, the
+size the training renders are scaled to.  A model need not read best at exactly that size: this
+reads validation renders (never trained on) the way :class:`pix2tex.LatexOCR` reads user images, at
+several multiples of it, and prints BLEU and edit distance per (dataset, scale), then the scale with
+the best mean BLEU over the datasets (ties: the lower mean edit distance).  Pick the scale here,
+never on a test set; store it with ``python -m pix2tex.checkpoint SRC DST --glyph-scale F``.
+
+    python -m benchmarks.glyph_scale --checkpoint MODEL --data data/valid_im2latex_val.pkl,data/valid.pkl \\
+        --limit 400 --scales 1.0,1.1,1.15,1.2,1.3 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+from pix2tex.dataset.dataset import Im2LatexDataset
+from pix2tex.inference import LatexOCR
+from pix2tex.metrics import bleu, edit_distance
+
+
+def spread(n_items: int, limit: int | None) -> list[int]:
+    """``limit`` indices spread evenly over ``n_items`` (all of them without a limit)."""
+    if limit is None or limit >= n_items:
+        return list(range(n_items))
+    return [i * n_items // limit for i in range(limit)]
+
+
+def sweep(checkpoint: str | None, datasets: list[str], scales: list[float], limit: int | None,
+          batch_size: int = 16) -> list[dict]:
+    """One row per (dataset, scale): BLEU and edit distance of greedy readings of the dataset's images."""
+    rows = []
+    for path in datasets:
+        data = Im2LatexDataset.load(path)
+        picked = spread(len(data.samples.paths), limit)
+        images = [str(data.image_path(i)) for i in picked]
+        references = [data.samples.labels[i] for i in picked]
+        for scale in scales:
+            ocr = LatexOCR(checkpoint, device="cpu", batch_size=batch_size, glyph_scale=scale)
+            start = time.perf_counter()
+            predictions = [p.latex or "" for p in ocr.predict(images)]
+            rows.append({"bench": "glyph_scale", "data": path, "n": len(picked), "glyph_scale": scale,
+                         "bleu": round(bleu(predictions, references), 4),
+                         "edit_distance": round(edit_distance(predictions, references), 4),
+                         "seconds": round(time.perf_counter() - start, 1)})
+    return rows
+
+
+def best(rows: list[dict]) -> dict:
+    """The scale with the highest BLEU averaged over the datasets; ties go to the lower edit distance."""
+    scales = sorted({r["glyph_scale"] for r in rows})
+    means = {s: (statistics.mean(r["bleu"] for r in rows if r["glyph_scale"] == s),
+                 statistics.mean(r["edit_distance"] for r in rows if r["glyph_scale"] == s)) for s in scales}
+    chosen = max(scales, key=lambda s: (means[s][0], -means[s][1]))
+    return {"bench": "glyph_scale_best", "glyph_scale": chosen, "mean_bleu": round(means[chosen][0], 4),
+            "mean_edit_distance": round(means[chosen][1], 4)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.glyph_scale", description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", help="model folder (default: the bundled model)")
+    parser.add_argument("--data", required=True, help="comma-separated validation .pkl files")
+    parser.add_argument("--scales", default="1.0,1.1,1.2,1.3", help="comma-separated glyph scales")
+    parser.add_argument("--limit", type=int, help="images per dataset, spread evenly over it")
+    parser.add_argument("--json", action="store_true", help="JSON lines (the only output format)")
+    args = parser.parse_args(argv)
+    try:
+        scales = [float(s) for s in args.scales.split(",")]
+    except ValueError:
+        parser.error(f"--scales: expected comma-separated numbers, got {args.scales!r}")
+    try:
+        rows = sweep(args.checkpoint, args.data.split(","), scales, args.limit)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for row in [*rows, best(rows)]:
+        print(json.dumps(row), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
