@@ -148,12 +148,15 @@ def validate(model: Model, dataset: Im2LatexDataset, tokenizer: LatexTokenizer, 
     from pix2tex.eval import read_dataset
 
     model.eval()
+    fused = model.encoder.fused_attention
+    model.encoder.use_fused_attention(True)  # decoding runs in fp32, where the fused kernel is the faster
     predictions: list[str] = []
     references: list[str] = []
     for _, preds, refs in read_dataset(model, tokenizer, dataset, dataset.batches(0)[:max_batches], device,
                                        bound_by_labels=True):
         predictions += preds
         references += refs
+    model.encoder.use_fused_attention(fused)
     model.train()
     return score(predictions, references), list(zip(predictions, references))
 
@@ -385,7 +388,7 @@ def _train(config: Config, resume: bool, device: torch.device, progress: bool, d
 
     use_bf16 = _use_bf16(device, t.cpu_bf16)
     if use_bf16 and device.type == "cpu":
-        model.encoder.use_fused_attention(False)  # same result; the fused kernel's bf16 backward is slow here
+        model.encoder.use_fused_attention(False)  # same arithmetic; the fused kernel's bf16 backward is slow here
 
     writer = CheckpointWriter(run_dir, model, config, tokenizer, optimizer, scheduler, ddp.is_main)
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import torch
 from timm.layers import PatchEmbed, trunc_normal_
+import timm.models.vision_transformer as timm_vit
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
@@ -104,16 +105,27 @@ class ImageEncoder(nn.Module):
             return self.vit.forward_features(images)
         return self.vit.forward_features(images, attn_mask=mask[:, None, None, :])
 
-    def use_fused_attention(self, enabled: bool) -> None:
-        """Attend with PyTorch's fused kernel (``enabled``) or timm's explicit softmax(QK^T)V.
+    @property
+    def fused_attention(self) -> bool:
+        """Whether the attention blocks use PyTorch's fused kernel (see :meth:`use_fused_attention`)."""
+        return all(block.attn.fused_attn for block in self.vit.blocks)
+
+    def use_fused_attention(self, enabled: bool) -> bool:
+        """Attend with PyTorch's fused kernel (``enabled``) or timm's explicit softmax(QK^T)V; returns
+        whether the fused kernel is in use afterwards.
 
         Both compute the same thing (to float rounding). The fused kernel is the one for GPUs and
         for fp32 on the CPU; under bf16 autocast on the CPU (torch 2.14) its backward pass costs
         about seven times its forward, and the recipe's bf16 training step runs about 20 % faster
         with the explicit form (``python -m benchmarks.train_step --levers``, docs/RESULTS.md).
+        timm's explicit form turns boolean padding masks into -inf only since it has
+        ``resolve_self_attn_mask``; with an older timm the fused kernel stays, so masks keep working.
         """
+        if not enabled and not hasattr(timm_vit, "resolve_self_attn_mask"):
+            enabled = True
         for block in self.vit.blocks:
             block.attn.fused_attn = enabled
+        return enabled
 
 
 def make_vision_transformer(cfg: ModelConfig, patches: Callable[..., nn.Module], patch_size: int) -> VisionTransformer:
