@@ -18,7 +18,9 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 
+from pix2tex.checkpoint import CheckpointError, glyph_scale
 from pix2tex.dataset.dataset import Im2LatexDataset
 from pix2tex.inference import LatexOCR
 from pix2tex.metrics import bleu, edit_distance
@@ -32,9 +34,8 @@ def spread(n_items: int, limit: int | None) -> list[int]:
 
 
 def sweep(checkpoint: str | None, datasets: list[str], scales: list[float], limit: int | None,
-          batch_size: int = 16) -> list[dict]:
+          batch_size: int = 16) -> Iterator[dict]:
     """One row per (dataset, scale): BLEU and edit distance of greedy readings of the dataset's images."""
-    rows = []
     for path in datasets:
         data = Im2LatexDataset.load(path)
         picked = spread(len(data.samples.paths), limit)
@@ -44,11 +45,10 @@ def sweep(checkpoint: str | None, datasets: list[str], scales: list[float], limi
             ocr = LatexOCR(checkpoint, device="cpu", batch_size=batch_size, glyph_scale=scale)
             start = time.perf_counter()
             predictions = [p.latex or "" for p in ocr.predict(images)]
-            rows.append({"bench": "glyph_scale", "data": path, "n": len(picked), "glyph_scale": scale,
-                         "bleu": round(bleu(predictions, references), 4),
-                         "edit_distance": round(edit_distance(predictions, references), 4),
-                         "seconds": round(time.perf_counter() - start, 1)})
-    return rows
+            yield {"bench": "glyph_scale", "data": path, "n": len(picked), "glyph_scale": scale,
+                   "bleu": round(bleu(predictions, references), 4),
+                   "edit_distance": round(edit_distance(predictions, references), 4),
+                   "seconds": round(time.perf_counter() - start, 1)}
 
 
 def best(rows: list[dict]) -> dict:
@@ -70,16 +70,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="JSON lines (the only output format)")
     args = parser.parse_args(argv)
     try:
-        scales = [float(s) for s in args.scales.split(",")]
-    except ValueError:
-        parser.error(f"--scales: expected comma-separated numbers, got {args.scales!r}")
+        scales = [glyph_scale({"glyph_scale": float(s)}, None) for s in args.scales.split(",")]
+    except ValueError as exc:  # float() or the range check (CheckpointError is a ValueError)
+        detail = str(exc) if isinstance(exc, CheckpointError) else "expected comma-separated numbers"
+        parser.error(f"--scales {args.scales}: {detail}")
+    if args.limit is not None and args.limit < 1:
+        parser.error("--limit must be at least 1")
+    rows = []
     try:
-        rows = sweep(args.checkpoint, args.data.split(","), scales, args.limit)
+        for row in sweep(args.checkpoint, args.data.split(","), scales, args.limit):
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    for row in [*rows, best(rows)]:
-        print(json.dumps(row), flush=True)
+    print(json.dumps(best(rows)))
     return 0
 
 

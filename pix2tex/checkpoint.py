@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 import os
 import shutil
 import tempfile
@@ -151,13 +152,15 @@ def read_folder_files(folder: Path, kind: str = "model folder") -> tuple[ModelCo
     return config, tokenizer, meta
 
 
-def glyph_scale(meta: dict[str, Any], source: str = META) -> float:
+def glyph_scale(meta: dict[str, Any], source: str | None = META) -> float:
     """The glyph size a model reads best at, relative to the size it was trained at (meta.json's
-    ``glyph_scale``, 1 when absent); chosen on validation renders by ``benchmarks.glyph_scale``."""
+    ``glyph_scale``, 1 when absent); chosen on validation renders by ``benchmarks.glyph_scale``.
+    A bad value raises CheckpointError, its message starting with ``source`` when one is given."""
     value = meta.get("glyph_scale", 1.0)
     lo, hi = GLYPH_SCALE_RANGE
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-        raise CheckpointError(f"{source}: glyph_scale must be a number from {lo} to {hi}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not lo <= value <= hi:
+        where = f"{source}: " if source else ""
+        raise CheckpointError(f"{where}glyph_scale must be a number from {lo} to {hi}, got {value!r}")
     return float(value)
 
 

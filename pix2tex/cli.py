@@ -38,6 +38,8 @@ def predict_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     if args.beam < 1 or args.batch_size < 1 or (args.encoder_batch is not None and args.encoder_batch < 1):
         parser.error("--beam, --batch-size and --encoder-batch must be at least 1")
+    if args.no_rescale and args.glyph_scale is not None:
+        parser.error("--glyph-scale and --no-rescale exclude each other (--no-rescale reads images at their own size)")
     # oneDNN keeps the compiled kernels of every convolution input shape it has seen (1024 by
     # default); files of many sizes then cost ~0.8 GB of kernels (986 im2latex images: 1.9 GB peak
     # RSS against 1.05 GB with a small cache, at the same speed).  Read when the first kernel is made.

@@ -59,12 +59,14 @@ def _name(source: ImageSource, index: int) -> str:
     return f"<image {index}>"
 
 
-def _glyph_scale(meta: dict, chosen: float | None) -> float:
+def _glyph_scale(meta: dict, chosen: float | None, rescale: bool) -> float:
     """The caller's glyph scale if given (checked like a model folder's), else the folder's."""
     if chosen is None:
         return glyph_scale(meta)
+    if not rescale:
+        raise ValueError("glyph_scale needs rescale: without it images are read at their own size")
     try:
-        return glyph_scale({"glyph_scale": chosen}, "glyph_scale")
+        return glyph_scale({"glyph_scale": chosen}, None)
     except CheckpointError as exc:
         raise ValueError(str(exc)) from None
 
@@ -110,7 +112,7 @@ class LatexOCR:
             # The exported graphs have no padding mask: one image per batch keeps readings exact.
             batch_size = 1
         self.beam, self.batch_size, self.rescale, self.max_pixels = beam, batch_size, rescale, max_pixels
-        self.glyph_scale = _glyph_scale(self.meta, glyph_scale)
+        self.glyph_scale = _glyph_scale(self.meta, glyph_scale, rescale)
         self.encoder_batch = encoder_batch or (CPU_ENCODER_BATCH if self.device.type == "cpu" else batch_size)
 
     def __call__(self, img: ImageSource) -> str:

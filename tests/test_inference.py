@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -141,11 +142,25 @@ def test_glyph_scale_enlarges_what_the_model_reads(model_dir, images, tmp_path):
     assert folder.glyph_scale == 1.5
     assert _ink_width(folder.prepare(good[0])) == pytest.approx(1.5 * _ink_width(plain), rel=0.05)
     assert (LatexOCR(tmp_path / "m", device="cpu", glyph_scale=1.0).prepare(good[0]) == plain).all()
-    with pytest.raises(ValueError, match="glyph_scale must be a number from 0.5 to 2.0, got 3"):
+    assert LatexOCR(tmp_path / "m", device="cpu", glyph_scale=np.float32(1.25)).glyph_scale == 1.25
+    with pytest.raises(ValueError, match="^glyph_scale must be a number from 0.5 to 2.0, got 3$"):
         LatexOCR(model_dir, device="cpu", glyph_scale=3)
+    with pytest.raises(ValueError, match="glyph_scale needs rescale"):
+        LatexOCR(model_dir, device="cpu", glyph_scale=1.2, rescale=False)
     r = _cli("predict", str(good[0]), "--checkpoint", str(model_dir), "--glyph-scale", "0")
-    assert r.returncode == 2 and r.stderr.decode().strip() == \
-        "error: glyph_scale: glyph_scale must be a number from 0.5 to 2.0, got 0.0"
+    assert r.returncode == 2 and r.stderr.decode().strip() == "error: glyph_scale must be a number from 0.5 to 2.0, got 0.0"
+    r = _cli("predict", str(good[0]), "--glyph-scale", "1.2", "--no-rescale")
+    assert r.returncode == 2 and "--glyph-scale and --no-rescale exclude each other" in r.stderr.decode()
+    from pix2tex.eval import main as eval_main
+
+    with pytest.raises(SystemExit) as exit_:
+        eval_main(["--data", "valid.pkl", "--glyph-scale", "1.2"])
+    assert exit_.value.code == 2
+    # An ONNX export carries the folder's glyph_scale to the onnx engine.
+    from pix2tex.export import export_onnx
+
+    export_onnx(str(tmp_path / "m"), tmp_path / "onnx")
+    assert LatexOCR(tmp_path / "onnx", engine="onnx").glyph_scale == 1.5
 
 
 def test_onnx_engine_reads_like_torch(model_dir, images, tmp_path):

@@ -64,11 +64,24 @@ def test_glyph_scale_picks_the_best_mean_bleu_and_spreads_its_sample():
     from benchmarks.glyph_scale import best, spread
 
     rows = [{"data": d, "glyph_scale": s, "bleu": b, "edit_distance": e}
-            for d, s, b, e in [("a", 1.0, 0.50, 0.30), ("b", 1.0, 0.40, 0.20),
-                               ("a", 1.2, 0.46, 0.28), ("b", 1.2, 0.46, 0.19),
-                               ("a", 1.4, 0.52, 0.35), ("b", 1.4, 0.40, 0.25)]]
-    # 1.2 and 1.4 tie on mean BLEU (0.46); 1.2 has the lower mean edit distance.
-    assert best(rows) == {"bench": "glyph_scale_best", "glyph_scale": 1.2, "mean_bleu": 0.46,
-                          "mean_edit_distance": 0.235}
+            for d, s, b, e in [("a", 1.0, 0.5, 0.25), ("b", 1.0, 0.25, 0.25),
+                               ("a", 1.2, 0.5, 0.25), ("b", 1.2, 0.5, 0.125),
+                               ("a", 1.4, 0.75, 0.5), ("b", 1.4, 0.25, 0.25)]]
+    # 1.2 and 1.4 tie on mean BLEU (0.5); 1.2 has the lower mean edit distance.
+    assert best(rows) == {"bench": "glyph_scale_best", "glyph_scale": 1.2, "mean_bleu": 0.5,
+                          "mean_edit_distance": 0.1875}
     assert spread(10, 4) == [0, 2, 5, 7]
     assert spread(3, None) == spread(3, 5) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--scales", "1.0,3"], "--scales 1.0,3: glyph_scale must be a number from 0.5 to 2.0, got 3.0"),
+    (["--scales", "1.0,big"], "--scales 1.0,big: expected comma-separated numbers"),
+    (["--limit", "0"], "--limit must be at least 1"),
+])
+def test_glyph_scale_refuses_bad_settings_before_reading(args, message, capsys):
+    from benchmarks.glyph_scale import main as glyph_main
+
+    with pytest.raises(SystemExit) as exit_:
+        glyph_main(["--data", "never-read.pkl", *args])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
