@@ -9,7 +9,7 @@ Endpoints (described at ``/openapi.json``, browsable at ``/docs`` with assets se
 - ``POST /v1/predict``: one or more multipart ``file`` fields → ``{"results": [{"latex",
   "confidence", "seconds"} | {"error"}, …]}``.
 - ``POST /v1/render``: ``{"latex": …}`` → PNG, through the sandboxed TeX renderer.
-- ``GET /health``: model, engine, version and the batcher's counters.
+- ``GET /health``: model, engine, version, the glyph scale it reads at and the batcher's counters.
 - ``GET /``: the web page (pix2tex/web).
 
 Requests are read on the event loop; decoding runs in one worker thread, where images from
@@ -361,7 +361,7 @@ def create_app(ocr, settings: ServeSettings = ServeSettings(), *, model_name: st
     async def health() -> dict[str, Any]:
         s = batcher.stats
         return {"status": "ok", "model": model_name, "engine": engine, "version": pix2tex.__version__,
-                "device": str(ocr.device), "pending": batcher.pending,
+                "device": str(ocr.device), "glyph_scale": ocr.glyph_scale, "pending": batcher.pending,
                 "batches": {"requests": s.requests, "images": s.images, "batches": s.batches,
                             "largest": s.largest_batch, "max_batch": settings.max_batch,
                             "max_wait_ms": settings.max_wait_ms}}
