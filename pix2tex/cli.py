@@ -29,6 +29,9 @@ def predict_main(argv: Sequence[str]) -> int:
                              "-1 means e^-1 = 0.37 per token on average) and 'seconds' (the image's preparation "
                              "plus an even share of its batch's decoding time)")
     parser.add_argument("--no-rescale", action="store_true", help="do not normalize the glyph size")
+    parser.add_argument("--scales", type=int, default=1, metavar="N",
+                        help="read each image at N glyph sizes and keep the reading they agree on most "
+                             "(more accurate, N times the work; 6 is what docs/RESULTS.md measures)")
     parser.add_argument("--glyph-scale", type=float, metavar="F",
                         help="read glyphs at F times the training size (default: the model's glyph_scale)")
     parser.add_argument("--device", help="cpu, cuda, … (default: CUDA when available)")
@@ -56,7 +59,7 @@ def predict_main(argv: Sequence[str]) -> int:
     try:
         ocr = LatexOCR(args.checkpoint, device=args.device, beam=args.beam, batch_size=args.batch_size,
                        rescale=not args.no_rescale, engine=args.engine, threads=args.threads,
-                       encoder_batch=args.encoder_batch, glyph_scale=args.glyph_scale)
+                       encoder_batch=args.encoder_batch, glyph_scale=args.glyph_scale, scales=args.scales)
     except (CheckpointError, ValueError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

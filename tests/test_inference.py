@@ -163,6 +163,40 @@ def test_glyph_scale_enlarges_what_the_model_reads(model_dir, images, tmp_path):
     assert LatexOCR(tmp_path / "onnx", engine="onnx").glyph_scale == 1.5
 
 
+def test_reading_scales_and_consensus():
+    from pix2tex.inference import consensus, reading_scales
+
+    assert reading_scales(1.2, 1) == [1.2]
+    assert [round(s, 3) for s in reading_scales(1.0, 6)] == [1.0, 0.893, 1.12, 0.797, 1.254, 0.712]
+    assert consensus(["a + b", "a + b", "a - b", "x"]) == 0
+    assert consensus(["a - b", "a + b", "a + b = c", "a + b"]) == 1  # the medoid, not the first
+    assert consensus(["a", "b"]) == 0  # a tie: the reading at the model's own size
+
+
+def test_multi_scale_reading_keeps_the_consensus_of_single_scale_readings(model_dir, images):
+    from pix2tex.inference import consensus
+
+    good, bad = images
+    # Batches of one: this unmasked test model's readings would otherwise depend on their batch-mates.
+    multi = LatexOCR(model_dir, device="cpu", scales=3, batch_size=1)
+    results = multi.predict([good[0], bad[0], good[1]])
+    assert [r.error is None for r in results] == [True, False, True]
+    distinct = 0
+    for image, result in zip(good, (results[0], results[2])):
+        singles = [LatexOCR(model_dir, device="cpu", glyph_scale=s, batch_size=1).predict([image])[0]
+                   for s in multi.scales]
+        chosen = singles[consensus([r.latex for r in singles])]
+        assert (result.latex, result.confidence) == (chosen.latex, pytest.approx(chosen.confidence, abs=1e-5))
+        distinct += len({r.latex for r in singles}) > 1
+    assert distinct  # the sizes read differently, so the choice mattered
+    for bad_scales in (0, 9, 2.5):
+        with pytest.raises(ValueError, match="scales must be a whole number from 1 to 8"):
+            LatexOCR(model_dir, device="cpu", scales=bad_scales)
+    r = _cli("predict", str(good[0]), "--checkpoint", str(model_dir), "--scales", "2", "--no-rescale")
+    assert r.returncode == 2 and r.stderr.decode().strip() == \
+        "error: scales needs rescale: without it images are read at their own size"
+
+
 def test_onnx_engine_reads_like_torch(model_dir, images, tmp_path):
     good, _ = images
     from pix2tex.export import export_onnx
