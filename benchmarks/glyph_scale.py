@@ -6,9 +6,12 @@ reads validation renders (never trained on) the way :class:`pix2tex.LatexOCR` re
 several multiples of it, and prints BLEU and edit distance per (dataset, scale), then the scale with
 the best mean BLEU over the datasets (ties: the lower mean edit distance).  Pick the scale here,
 never on a test set; store it with ``python -m pix2tex.checkpoint SRC DST --glyph-scale F``.
+``--consensus N`` adds one row per dataset for reading at N sizes around the model's own
+``glyph_scale`` and keeping the consensus (``LatexOCR(scales=N)``).
 
     python -m benchmarks.glyph_scale --checkpoint MODEL --data data/valid_im2latex_val.pkl,data/valid.pkl \\
         --limit 400 --scales 1.0,1.1,1.15,1.2,1.3 --json
+    python -m benchmarks.glyph_scale --data ... --limit 400 --scales 1.2 --consensus 6 --json
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from collections.abc import Iterator
 
 from pix2tex.checkpoint import CheckpointError, glyph_scale
 from pix2tex.dataset.dataset import Im2LatexDataset
-from pix2tex.inference import LatexOCR
+from pix2tex.inference import MAX_SCALES, LatexOCR
 from pix2tex.metrics import bleu, edit_distance
 
 
@@ -34,8 +37,9 @@ def spread(n_items: int, limit: int | None) -> list[int]:
 
 
 def sweep(checkpoint: str | None, datasets: list[str], scales: list[float], limit: int | None,
-          batch_size: int = 16) -> Iterator[dict]:
-    """One row per (dataset, scale): BLEU and edit distance of greedy readings of the dataset's images."""
+          batch_size: int = 16, consensus: int = 1) -> Iterator[dict]:
+    """One row per (dataset, scale): BLEU and edit distance of greedy readings of the dataset's images;
+    with ``consensus`` > 1 also a row per dataset for the consensus of that many sizes."""
     for path in datasets:
         data = Im2LatexDataset.load(path)
         picked = spread(len(data.samples.paths), limit)
@@ -47,6 +51,14 @@ def sweep(checkpoint: str | None, datasets: list[str], scales: list[float], limi
             predictions = [p.latex or "" for p in ocr.predict(images)]
             yield {"bench": "glyph_scale", "data": path, "n": len(picked), "glyph_scale": scale,
                    "bleu": round(bleu(predictions, references), 4),
+                   "edit_distance": round(edit_distance(predictions, references), 4),
+                   "seconds": round(time.perf_counter() - start, 1)}
+        if consensus > 1:
+            ocr = LatexOCR(checkpoint, device="cpu", batch_size=batch_size, scales=consensus)
+            start = time.perf_counter()
+            predictions = [p.latex or "" for p in ocr.predict(images)]
+            yield {"bench": "glyph_scale_consensus", "data": path, "n": len(picked), "scales": consensus,
+                   "glyph_scale": ocr.glyph_scale, "bleu": round(bleu(predictions, references), 4),
                    "edit_distance": round(edit_distance(predictions, references), 4),
                    "seconds": round(time.perf_counter() - start, 1)}
 
@@ -67,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="comma-separated validation .pkl files")
     parser.add_argument("--scales", default="1.0,1.1,1.2,1.3", help="comma-separated glyph scales")
     parser.add_argument("--limit", type=int, help="images per dataset, spread evenly over it")
+    parser.add_argument("--consensus", type=int, default=1, metavar="N",
+                        help="also read at N sizes around the model's glyph_scale and keep the consensus")
     parser.add_argument("--json", action="store_true", help="JSON lines (the only output format)")
     args = parser.parse_args(argv)
     try:
@@ -76,10 +90,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--scales {args.scales}: {detail}")
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")
+    if not 1 <= args.consensus <= MAX_SCALES:
+        parser.error(f"--consensus must be from 1 to {MAX_SCALES}")
     rows = []
     try:
-        for row in sweep(args.checkpoint, args.data.split(","), scales, args.limit):
-            rows.append(row)
+        for row in sweep(args.checkpoint, args.data.split(","), scales, args.limit, consensus=args.consensus):
+            if row["bench"] == "glyph_scale":
+                rows.append(row)
             print(json.dumps(row), flush=True)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

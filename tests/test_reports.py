@@ -78,6 +78,7 @@ def test_glyph_scale_picks_the_best_mean_bleu_and_spreads_its_sample():
     (["--scales", "1.0,3"], "--scales 1.0,3: glyph_scale must be a number from 0.5 to 2.0, got 3.0"),
     (["--scales", "1.0,big"], "--scales 1.0,big: expected comma-separated numbers"),
     (["--limit", "0"], "--limit must be at least 1"),
+    (["--consensus", "9"], "--consensus must be from 1 to 8"),
 ])
 def test_glyph_scale_refuses_bad_settings_before_reading(args, message, capsys):
     from benchmarks.glyph_scale import main as glyph_main
