@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from pix2tex.checkpoint import save_model_folder
@@ -27,7 +28,10 @@ CFG = ModelConfig(backbone_layers=[1, 1], dim=32, encoder_depth=1, heads=2, num_
 def model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("model") / "m"
     tok = LatexTokenizer.train([normalize(f) for f in read_formulas("chem_units", 500)], 128)
-    save_model_folder(folder, get_model(CFG), CFG, tok)
+    with torch.random.fork_rng():  # the same weights whichever tests ran before
+        torch.manual_seed(0)
+        model = get_model(CFG)
+    save_model_folder(folder, model, CFG, tok)
     return folder
 
 
