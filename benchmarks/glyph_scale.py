@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Iterator
 
-from pix2tex.checkpoint import CheckpointError, glyph_scale
+from pix2tex.checkpoint import CheckpointError, check_glyph_scale
 from pix2tex.dataset.dataset import Im2LatexDataset
 from pix2tex.inference import MAX_SCALES, LatexOCR
 from pix2tex.metrics import bleu, edit_distance
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="JSON lines (the only output format)")
     args = parser.parse_args(argv)
     try:
-        scales = [glyph_scale({"glyph_scale": float(s)}, None) for s in args.scales.split(",")]
+        scales = [check_glyph_scale(float(s)) for s in args.scales.split(",")]
     except ValueError as exc:  # float() or the range check (CheckpointError is a ValueError)
         detail = str(exc) if isinstance(exc, CheckpointError) else "expected comma-separated numbers"
         parser.error(f"--scales {args.scales}: {detail}")

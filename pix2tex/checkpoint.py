@@ -40,6 +40,7 @@ from pix2tex.tokenizer import LatexTokenizer, TokenizerError
 __all__ = [
     "CheckpointError", "save_model_folder", "load_model_folder", "resolve_model_folder",
     "save_resume_state", "load_resume_state", "default_model_folder", "read_folder_files", "glyph_scale",
+    "check_glyph_scale",
 ]
 
 WEIGHTS, CONFIG, TOKENIZER, META = "model.safetensors", "config.yaml", "tokenizer.json", "meta.json"
@@ -154,9 +155,13 @@ def read_folder_files(folder: Path, kind: str = "model folder") -> tuple[ModelCo
 
 def glyph_scale(meta: dict[str, Any], source: str | None = META) -> float:
     """The glyph size a model reads best at, relative to the size it was trained at (meta.json's
-    ``glyph_scale``, 1 when absent); chosen on validation renders by ``benchmarks.glyph_scale``.
-    A bad value raises CheckpointError, its message starting with ``source`` when one is given."""
-    value = meta.get("glyph_scale", 1.0)
+    ``glyph_scale``, 1 when absent); chosen on validation renders by ``benchmarks.glyph_scale``."""
+    return check_glyph_scale(meta.get("glyph_scale", 1.0), source)
+
+
+def check_glyph_scale(value: Any, source: str | None = None) -> float:
+    """``value`` as a glyph scale; CheckpointError unless it is a number in ``GLYPH_SCALE_RANGE``
+    (the message starts with ``source`` when one is given)."""
     lo, hi = GLYPH_SCALE_RANGE
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not lo <= value <= hi:
         where = f"{source}: " if source else ""
@@ -225,8 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model, config, tokenizer, meta = load_model_folder(args.src)
         if args.glyph_scale is not None:
-            meta = {**meta, "glyph_scale": args.glyph_scale}
-            glyph_scale(meta, "--glyph-scale")
+            meta = {**meta, "glyph_scale": check_glyph_scale(args.glyph_scale, "--glyph-scale")}
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pix2tex.checkpoint import CheckpointError, glyph_scale, load_model_folder
+from pix2tex.checkpoint import CheckpointError, check_glyph_scale, glyph_scale, load_model_folder
 from pix2tex.fileio import printable_name
 from pix2tex.models import decoding
 from pix2tex.preprocess import DEFAULT_GLYPH_HEIGHT, MAX_PIXELS, load_image, prepare, to_batch
@@ -94,7 +94,7 @@ def _glyph_scale(meta: dict, chosen: float | None, rescale: bool) -> float:
     if not rescale:
         raise ValueError("glyph_scale needs rescale: without it images are read at their own size")
     try:
-        return glyph_scale({"glyph_scale": chosen}, None)
+        return check_glyph_scale(chosen)
     except CheckpointError as exc:
         raise ValueError(str(exc)) from None
 
@@ -175,15 +175,20 @@ class LatexOCR:
         """The model input for one image: grayscale, cropped, scaled, padded (uint8).
 
         ``name`` is what error messages call the image (default: its path, or "<bytes>")."""
-        return self._prepare_all(img, name)[0]
+        return self._prepare_at(self._load(img, name), self.glyph_scale)
 
-    def _prepare_all(self, img: ImageSource, name: str | None = None) -> list[np.ndarray]:
+    def _prepare_all(self, img: ImageSource) -> list[np.ndarray]:
         """The model inputs for one image, one per reading scale (the image is decoded once)."""
+        loaded = self._load(img)
+        return [self._prepare_at(loaded, scale) for scale in self.scales]
+
+    def _load(self, img: ImageSource, name: str | None = None) -> Image.Image:
+        return load_image(img, max_pixels=self.max_pixels, name=name)
+
+    def _prepare_at(self, loaded: Image.Image, scale: float) -> np.ndarray:
         c = self.config
-        loaded = load_image(img, max_pixels=self.max_pixels, name=name)
-        return [prepare(loaded, patch_size=c.patch_size, max_height=c.max_height, max_width=c.max_width,
-                        rescale=self.rescale, target_glyph_height=DEFAULT_GLYPH_HEIGHT * scale)
-                for scale in self.scales]
+        return prepare(loaded, patch_size=c.patch_size, max_height=c.max_height, max_width=c.max_width,
+                       rescale=self.rescale, target_glyph_height=DEFAULT_GLYPH_HEIGHT * scale)
 
     def predict(self, images: Sequence[ImageSource], *, progress: Iterable | None = None) -> list[Prediction]:
         """Predict many images; unreadable ones get ``error`` set and do not stop the others.
