@@ -35,7 +35,7 @@ __all__ = [
     "ImageLoadError", "BlankImageError",
     "MAX_PIXELS", "DEFAULT_GLYPH_HEIGHT", "MARGIN",
     "load_image", "to_gray", "invert_if_dark", "normalize_contrast", "crop_to_content",
-    "component_sizes", "estimate_glyph_height", "prepare", "to_batch", "canvas_sizes", "MEAN", "STD", "MAX_FILE_BYTES",
+    "component_sizes", "estimate_glyph_height", "GLYPH_ESTIMATORS", "prepare", "to_batch", "canvas_sizes", "MEAN", "STD", "MAX_FILE_BYTES",
 ]
 
 MAX_PIXELS = 60_000_000
@@ -60,6 +60,11 @@ _INK_LEVEL = 128  # after normalize_contrast, darker than this is ink
 _MAX_UPSCALE = 8.0  # never blow a tiny crop up more than this
 _MAX_ANALYSIS_PIXELS = 4_000_000  # glyph measurement runs on a downscaled copy above this
 _HEIGHT_BAND = (0.4, 0.6)  # ink-weighted quantiles of glyph heights averaged by estimate_glyph_height
+_STROKE_WORK_HEIGHT = 32.0  # the "stroke" estimator measures glyphs upsampled to about this height (px)
+_STROKE_MAX_UPSAMPLE = 4.0
+# "stroke" heights are 0.95x "soft" ones on clean renders (median over 200 validation renders at
+# the training glyph size); dividing by it keeps models trained on "soft" sizes reading at theirs.
+_STROKE_CALIBRATION = 0.95
 
 
 class ImageLoadError(ValueError):
@@ -406,27 +411,9 @@ def _mass_band_mean(values: np.ndarray, weights: np.ndarray, lo: float, hi: floa
     return float(np.exp(np.average(np.log(v[band]), weights=w[band])))
 
 
-def estimate_glyph_height(gray: np.ndarray) -> float | None:
-    """Typical glyph height (px) of dark-ink-on-white, contrast-normalised ``gray``, or ``None``.
-
-    From the :func:`component_sizes` heights: flat shapes (fraction bars, minus signs: height < 1/4
-    width) are dropped, then components outside 0.4-2.5x the ink-weighted median (dots, big
-    operators), and the result is the ink-weighted mean (geometric) of the heights between the 40th
-    and 60th ink-weighted percentile.  Big delimiters (narrow and > 2.5x the median height) are left
-    out first.  Weighting by ink makes full-size glyphs count more than small sub/superscripts and
-    the fragments that thin strokes break into at low resolution; on the im2latex renders (one font
-    size) it spreads less with content than unweighted statistics (IQR/median 0.12 vs 0.17-0.22).
-    Stroke width was tried as well: steadier across formulas, but it depends on the renderer (the
-    blurry training renders have strokes ~1.7x thicker relative to glyph height than crisp
-    renders), so it mis-scales sharp screenshots.  Images above 4 MP are measured on a downscaled
-    copy (their glyphs are large anyway).
-    """
-    factor = 1
-    if gray.size > _MAX_ANALYSIS_PIXELS:
-        factor = math.ceil(math.sqrt(gray.size / _MAX_ANALYSIS_PIXELS))
-        gray = cv2.resize(gray, (max(1, gray.shape[1] // factor), max(1, gray.shape[0] // factor)),
-                          interpolation=cv2.INTER_AREA)
-    heights, widths, mass = component_sizes(gray)
+def _typical_height(heights: np.ndarray, widths: np.ndarray, mass: np.ndarray) -> float | None:
+    """The typical glyph height among component heights, widths and ink masses (see
+    :func:`estimate_glyph_height`), or ``None`` when no component is glyph-shaped."""
     glyph = (heights >= 0.25 * widths) & (heights > 0) & (mass > 0)
     heights, widths, mass = heights[glyph], widths[glyph], mass[glyph]
     if heights.size == 0:
@@ -438,7 +425,79 @@ def estimate_glyph_height(gray: np.ndarray) -> float | None:
         heights, mass = heights[~delimiter], mass[~delimiter]
     ref = _mass_band_mean(heights, mass, 0.5, 0.5)
     typical = (heights > 0.4 * ref) & (heights < 2.5 * ref)
-    return factor * _mass_band_mean(heights[typical], mass[typical], *_HEIGHT_BAND)
+    return _mass_band_mean(heights[typical], mass[typical], *_HEIGHT_BAND)
+
+
+def _soft_glyph_height(gray: np.ndarray) -> float | None:
+    heights, widths, mass = component_sizes(gray)
+    return _typical_height(heights, widths, mass)
+
+
+def _stroke_glyph_height(gray: np.ndarray) -> float | None:
+    """Glyph height from binarized component heights less the stroke width (see GLYPH_ESTIMATORS)."""
+    n, _, stats = _ink_components(gray < _INK_LEVEL)
+    if n <= 1:
+        return None
+    # Measure at about _STROKE_WORK_HEIGHT px a glyph: binarizing the cubic-upsampled image puts
+    # edges where the ink crosses half darkness, to a fraction of an original pixel.
+    rough = _mass_band_mean(stats[1:, cv2.CC_STAT_HEIGHT].astype(np.float64),
+                            stats[1:, cv2.CC_STAT_AREA].astype(np.float64), 0.5, 0.5)
+    up = min(_STROKE_MAX_UPSAMPLE, max(1.0, _STROKE_WORK_HEIGHT / rough),
+             math.sqrt(_MAX_ANALYSIS_PIXELS / gray.size))
+    if up > 1.0:
+        gray = cv2.resize(gray, None, fx=up, fy=up, interpolation=cv2.INTER_CUBIC)
+    else:
+        up = 1.0
+    ink = (gray < _INK_LEVEL).astype(np.uint8)
+    n, labels, stats = _ink_components(ink)
+    if n <= 1:
+        return None
+    # A stroke of width w and length L has area w*L and 2L boundary pixels: w = 2 * area / boundary.
+    inner = cv2.erode(ink, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    boundary = np.bincount(labels[(ink > 0) & (inner == 0)], minlength=n)[1:].astype(np.float64)
+    area = stats[1:, cv2.CC_STAT_AREA].astype(np.float64)
+    real = area >= 0.02 * float(np.median(area))  # specks
+    stroke = _mass_band_mean(2.0 * area[real] / np.maximum(boundary[real], 1.0), area[real], 0.5, 0.5)
+    heights = stats[1:, cv2.CC_STAT_HEIGHT][real] - stroke
+    widths = stats[1:, cv2.CC_STAT_WIDTH][real].astype(np.float64)
+    ok = heights > 0
+    typical = _typical_height(heights[ok], widths[ok], area[real][ok])
+    return None if typical is None else typical / (up * _STROKE_CALIBRATION)
+
+
+GLYPH_ESTIMATORS = ("soft", "stroke")
+"""How :func:`estimate_glyph_height` measures glyphs.
+
+"soft": components' soft heights (:func:`component_sizes`); what the training renders' glyph sizes
+were measured with.  Bolder or blurrier ink reads taller: +15 % for a 2x2 erosion, +15 % for a
+Gaussian blur of sigma 1 and +35 % for both, on 200 validation renders scaled to the training size.
+"stroke": binarized heights less the typical stroke width, which bold and blur add to every glyph
+(+8 %, +3 % and +13 % there); scaled to agree with "soft" on clean renders (median ratio).  The
+benchmark: ``python -m benchmarks.glyph_estimators``."""
+
+
+def estimate_glyph_height(gray: np.ndarray, method: str = "soft") -> float | None:
+    """Typical glyph height (px) of dark-ink-on-white, contrast-normalised ``gray``, or ``None``.
+
+    Component heights (``method``: see :data:`GLYPH_ESTIMATORS`) are filtered: flat shapes
+    (fraction bars, minus signs: height < 1/4 width) are dropped, then components outside 0.4-2.5x
+    the ink-weighted median (dots, big operators), and the result is the ink-weighted mean
+    (geometric) of the heights between the 40th and 60th ink-weighted percentile.  Big delimiters
+    (narrow and > 2.5x the median height) are left out first.  Weighting by ink makes full-size
+    glyphs count more than small sub/superscripts and the fragments that thin strokes break into at
+    low resolution; on the im2latex renders (one font size) it spreads less with content than
+    unweighted statistics (IQR/median 0.12 vs 0.17-0.22).  Images above 4 MP are measured on a
+    downscaled copy (their glyphs are large anyway).
+    """
+    if method not in GLYPH_ESTIMATORS:
+        raise ValueError(f"glyph estimator must be one of {', '.join(GLYPH_ESTIMATORS)}, got {method!r}")
+    factor = 1
+    if gray.size > _MAX_ANALYSIS_PIXELS:
+        factor = math.ceil(math.sqrt(gray.size / _MAX_ANALYSIS_PIXELS))
+        gray = cv2.resize(gray, (max(1, gray.shape[1] // factor), max(1, gray.shape[0] // factor)),
+                          interpolation=cv2.INTER_AREA)
+    height = _soft_glyph_height(gray) if method == "soft" else _stroke_glyph_height(gray)
+    return None if height is None else factor * height
 
 
 # ----------------------------------------------------------------------------------------------
@@ -456,7 +515,7 @@ def _resize(gray: np.ndarray, scale: float) -> np.ndarray:
 
 def prepare(img: Image.Image, *, patch_size: int, max_height: int, max_width: int,
             target_glyph_height: float = DEFAULT_GLYPH_HEIGHT, rescale: bool = True,
-            glyph_height: float | None = None) -> np.ndarray:
+            glyph_height: float | None = None, glyph_estimator: str = "soft") -> np.ndarray:
     """Turn any formula image into model input: uint8 [H, W], black-ish ink on white.
 
     Steps: gray (:func:`to_gray`), :func:`invert_if_dark`, :func:`normalize_contrast`,
@@ -467,6 +526,7 @@ def prepare(img: Image.Image, *, patch_size: int, max_height: int, max_width: in
     the edges, and padded with white (255) so H and W are multiples of ``patch_size``.
     ``glyph_height`` is the image's glyph height when it is already known (training measures it on
     the clean render, before augmentation); then it is used instead of a fresh estimate.
+    ``glyph_estimator`` names the :data:`GLYPH_ESTIMATORS` method of that estimate.
     Raises :class:`BlankImageError` (a ``ValueError``) when there is no ink.
     """
     if patch_size <= 0 or min(max_height, max_width) < max(patch_size, 2 * MARGIN + 1):
@@ -480,7 +540,7 @@ def prepare(img: Image.Image, *, patch_size: int, max_height: int, max_width: in
     h, w = content.shape
     scale = None
     if rescale:
-        glyph = glyph_height if glyph_height else estimate_glyph_height(content)
+        glyph = glyph_height if glyph_height else estimate_glyph_height(content, glyph_estimator)
         if glyph is not None:
             scale = target_glyph_height / glyph
     if scale is None:

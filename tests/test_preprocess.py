@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import cv2
 import numpy as np
 import PIL.Image
 import pytest
@@ -16,7 +17,7 @@ from PIL import Image
 
 from pix2tex.config import ModelConfig
 from pix2tex.preprocess import (
-    DEFAULT_GLYPH_HEIGHT, MARGIN, MAX_PIXELS, BlankImageError, ImageLoadError, crop_to_content,
+    DEFAULT_GLYPH_HEIGHT, GLYPH_ESTIMATORS, MARGIN, MAX_PIXELS, BlankImageError, ImageLoadError, crop_to_content,
     estimate_glyph_height, invert_if_dark, load_image, normalize_contrast, prepare,
 )
 from tests.helpers import SAMPLE as SAMPLE_DIR
@@ -323,22 +324,45 @@ def test_crop_to_content_ignores_specks_and_keeps_margin() -> None:
         crop_to_content(np.full((10, 10), 255, np.uint8))
 
 
-def test_estimate_glyph_height_scales_with_the_image() -> None:
+@pytest.mark.parametrize("method", GLYPH_ESTIMATORS)
+def test_estimate_glyph_height_scales_with_the_image(method: str) -> None:
     errors = []
     for path in _seeded_samples(10, seed=1):
         gray = crop_to_content(_gray(path))
-        base = estimate_glyph_height(gray)
+        base = estimate_glyph_height(gray, method)
         assert base is not None and 6 < base < 20
         for factor in (2, 3):
             big = np.asarray(Image.fromarray(gray).resize((gray.shape[1] * factor, gray.shape[0] * factor),
                                                           Image.Resampling.BICUBIC))
-            errors.append(estimate_glyph_height(big) / (factor * base) - 1)
+            errors.append(estimate_glyph_height(big, method) / (factor * base) - 1)
     assert np.max(np.abs(errors)) < 0.08
     assert np.median(np.abs(errors)) < 0.03
     bar = np.full((20, 200), 255, np.uint8)
     bar[9:11, 10:190] = 0  # only a fraction bar: nothing glyph-like to measure
-    assert estimate_glyph_height(bar) is None
-    assert estimate_glyph_height(np.full((20, 20), 255, np.uint8)) is None
+    assert estimate_glyph_height(bar, method) is None
+    assert estimate_glyph_height(np.full((20, 20), 255, np.uint8), method) is None
+
+
+def test_stroke_estimate_barely_moves_with_bolder_or_blurrier_ink() -> None:
+    """Bold and blur add ink around every stroke; "soft" reads that as taller glyphs, "stroke"
+    takes the stroke width off.  Both agree on the images as they are."""
+    bolder = lambda a: cv2.erode(a, np.ones((2, 2), np.uint8))  # noqa: E731 (erosion of white = bolder ink)
+    blurrier = lambda a: cv2.GaussianBlur(a, (0, 0), 1.0)  # noqa: E731
+    grays = [_gray(p) for p in _seeded_samples(30, seed=2)]
+
+    def heights(method: str, change=lambda a: a) -> np.ndarray:
+        return np.array([estimate_glyph_height(crop_to_content(normalize_contrast(change(g))), method)
+                         for g in grays])
+
+    soft, stroke = heights("soft"), heights("stroke")
+    assert np.median(stroke / soft) == pytest.approx(1.0, abs=0.06)
+    for change in (bolder, blurrier):
+        soft_growth = np.median(heights("soft", change) / soft) - 1
+        stroke_growth = np.median(heights("stroke", change) / stroke) - 1
+        assert soft_growth > 0.15  # what "soft" does (+29 % and +24 % here)
+        assert abs(stroke_growth) < 0.6 * soft_growth
+    with pytest.raises(ValueError, match="glyph estimator must be one of soft, stroke, got 'x'"):
+        estimate_glyph_height(grays[0], "x")
 
 
 def test_training_renders_measure_near_the_default_glyph_height() -> None:

@@ -86,3 +86,19 @@ def test_glyph_scale_refuses_bad_settings_before_reading(args, message, capsys):
     with pytest.raises(SystemExit) as exit_:
         glyph_main(["--data", "never-read.pkl", *args])
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_glyph_estimators_benchmark_rows_on_real_images():
+    """One row per (method, change); an upscale doubles every estimate, so its ratio stays near 1."""
+    from benchmarks.glyph_estimators import CHANGES, run
+    from pix2tex.dataset.dataset import load_image_gray
+    from pix2tex.preprocess import GLYPH_ESTIMATORS
+    from tests.helpers import SAMPLE
+
+    images = [load_image_gray(p) for p in sorted((SAMPLE / "images").glob("*.png"))[:6]]
+    rows = list(run(images))
+    assert [(r["method"], r["change"]) for r in rows] == [(m, c) for m in GLYPH_ESTIMATORS for c in CHANGES]
+    for r in rows:
+        assert r["n"] == 6 and r["p10"] <= r["median"] <= r["p90"] and r["ms"] > 0
+        if r["change"] in ("none", "upscale2"):
+            assert r["median"] == pytest.approx(1.0, abs=0.1)
