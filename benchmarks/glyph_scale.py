@@ -50,6 +50,7 @@ def sweep(checkpoint: str | None, datasets: list[str], scales: list[float], limi
             start = time.perf_counter()
             predictions = [p.latex or "" for p in ocr.predict(images)]
             yield {"bench": "glyph_scale", "data": path, "n": len(picked), "glyph_scale": scale,
+                   "glyph_estimator": ocr.glyph_estimator,
                    "bleu": round(bleu(predictions, references), 4),
                    "edit_distance": round(edit_distance(predictions, references), 4),
                    "seconds": round(time.perf_counter() - start, 1)}

@@ -6,7 +6,9 @@ A *model folder* is what ``pix2tex predict`` and :class:`pix2tex.LatexOCR` load:
     config.yaml         the resolved ModelConfig
     tokenizer.json      the tokenizer the model was trained with
     meta.json           step, validation scores (informative); ``glyph_scale``, the glyph size
-                        this model reads best at, relative to the training size (default 1)
+                        this model reads best at, relative to the training size (default 1);
+                        ``glyph_estimator``, how input glyphs are measured (default "soft", see
+                        pix2tex.preprocess.GLYPH_ESTIMATORS)
 
 A *resume state* (``last.pt``) holds everything ``--resume`` needs: model, optimizer, scheduler,
 step, epoch, position in the epoch, RNG states, best score and the resolved config.  It is read
@@ -35,12 +37,13 @@ from safetensors.torch import load_file, save_file
 
 from pix2tex.config import MAX_SETTINGS_BYTES, ConfigError, ModelConfig, config_from_dict, read_settings_yaml
 from pix2tex.fileio import FileReadError, atomic_path, read_limited, replace_folder
+from pix2tex.preprocess import GLYPH_ESTIMATORS
 from pix2tex.tokenizer import LatexTokenizer, TokenizerError
 
 __all__ = [
     "CheckpointError", "save_model_folder", "load_model_folder", "resolve_model_folder",
     "save_resume_state", "load_resume_state", "default_model_folder", "read_folder_files", "glyph_scale",
-    "check_glyph_scale",
+    "check_glyph_scale", "glyph_estimator", "check_glyph_estimator",
 ]
 
 WEIGHTS, CONFIG, TOKENIZER, META = "model.safetensors", "config.yaml", "tokenizer.json", "meta.json"
@@ -144,6 +147,7 @@ def read_folder_files(folder: Path, kind: str = "model folder") -> tuple[ModelCo
         if not isinstance(meta, dict):
             raise CheckpointError(f"{meta_path}: must hold a JSON object")
         glyph_scale(meta, str(meta_path))
+        glyph_estimator(meta, str(meta_path))
     except (ConfigError, TokenizerError, FileReadError) as exc:
         raise CheckpointError(f"{folder}: {exc}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -167,6 +171,21 @@ def check_glyph_scale(value: Any, source: str | None = None) -> float:
         where = f"{source}: " if source else ""
         raise CheckpointError(f"{where}glyph_scale must be a number from {lo} to {hi}, got {value!r}")
     return float(value)
+
+
+def glyph_estimator(meta: dict[str, Any], source: str | None = META) -> str:
+    """How a model measures the glyphs of the images it reads (meta.json's ``glyph_estimator``,
+    "soft" when absent: the estimator every model before it was trained and read with)."""
+    return check_glyph_estimator(meta.get("glyph_estimator", "soft"), source)
+
+
+def check_glyph_estimator(value: Any, source: str | None = None) -> str:
+    """``value`` as a glyph estimator name; CheckpointError unless it is one of GLYPH_ESTIMATORS."""
+    if not isinstance(value, str) or value not in GLYPH_ESTIMATORS:
+        where = f"{source}: " if source else ""
+        raise CheckpointError(f"{where}glyph_estimator must be one of {', '.join(GLYPH_ESTIMATORS)}, "
+                              f"got {value!r}")
+    return value
 
 
 # -- resume states -------------------------------------------------------------------------------------
@@ -214,9 +233,9 @@ def load_resume_state(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pix2tex.checkpoint SRC DST [--fp16] [--glyph-scale F]``: copy a model folder,
-    optionally in half precision and with the glyph size it reads best at (how the bundled model is
-    made from a training run's ``best`` folder)."""
+    """``python -m pix2tex.checkpoint SRC DST [--fp16] [--glyph-scale F] [--glyph-estimator NAME]``:
+    copy a model folder, optionally in half precision, with the glyph size it reads best at and the
+    way it measures glyphs (how the bundled model is made from a training run's ``best`` folder)."""
     import argparse
     import sys
 
@@ -226,11 +245,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fp16", action="store_true", help="store floating-point weights as float16")
     parser.add_argument("--glyph-scale", type=float, metavar="F",
                         help="glyph size to read at, relative to training's (python -m benchmarks.glyph_scale)")
+    parser.add_argument("--glyph-estimator", choices=GLYPH_ESTIMATORS,
+                        help="how input glyphs are measured (pix2tex.preprocess.GLYPH_ESTIMATORS)")
     args = parser.parse_args(argv)
     try:
         model, config, tokenizer, meta = load_model_folder(args.src)
         if args.glyph_scale is not None:
             meta = {**meta, "glyph_scale": check_glyph_scale(args.glyph_scale, "--glyph-scale")}
+        if args.glyph_estimator is not None:
+            meta = {**meta, "glyph_estimator": args.glyph_estimator}
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -34,6 +34,9 @@ def predict_main(argv: Sequence[str]) -> int:
                              "(more accurate, N times the work; 6 is what docs/RESULTS.md measures)")
     parser.add_argument("--glyph-scale", type=float, metavar="F",
                         help="read glyphs at F times the training size (default: the model's glyph_scale)")
+    parser.add_argument("--glyph-estimator", metavar="NAME",
+                        help="how glyphs are measured: soft or stroke (default: the model's; see "
+                             "pix2tex.preprocess.GLYPH_ESTIMATORS)")
     parser.add_argument("--device", help="cpu, cuda, … (default: CUDA when available)")
     parser.add_argument("--engine", choices=("torch", "onnx"), default="torch",
                         help="onnx: run a folder written by `pix2tex export --onnx DIR` with onnxruntime")
@@ -41,8 +44,8 @@ def predict_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     if args.beam < 1 or args.batch_size < 1 or (args.encoder_batch is not None and args.encoder_batch < 1):
         parser.error("--beam, --batch-size and --encoder-batch must be at least 1")
-    if args.no_rescale and args.glyph_scale is not None:
-        parser.error("--glyph-scale and --no-rescale exclude each other (--no-rescale reads images at their own size)")
+    if args.no_rescale and (args.glyph_scale is not None or args.glyph_estimator is not None):
+        parser.error("--glyph-scale and --glyph-estimator need rescaling (--no-rescale reads images at their own size)")
     # oneDNN keeps the compiled kernels of every convolution input shape it has seen (1024 by
     # default); files of many sizes then cost ~0.8 GB of kernels (986 im2latex images: 1.9 GB peak
     # RSS against 1.05 GB with a small cache, at the same speed).  Read when the first kernel is made.
@@ -59,7 +62,8 @@ def predict_main(argv: Sequence[str]) -> int:
     try:
         ocr = LatexOCR(args.checkpoint, device=args.device, beam=args.beam, batch_size=args.batch_size,
                        rescale=not args.no_rescale, engine=args.engine, threads=args.threads,
-                       encoder_batch=args.encoder_batch, glyph_scale=args.glyph_scale, scales=args.scales)
+                       encoder_batch=args.encoder_batch, glyph_scale=args.glyph_scale, scales=args.scales,
+                       glyph_estimator=args.glyph_estimator)
     except (CheckpointError, ValueError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -35,6 +35,7 @@ from pix2tex.inference import LatexOCR
 from pix2tex.metrics import Scores, score
 from pix2tex.models.model import Model
 from pix2tex.normalize import normalize
+from pix2tex.preprocess import GLYPH_ESTIMATORS
 from pix2tex.tokenizer import LatexTokenizer
 
 __all__ = ["evaluate_dataset", "evaluate_folder", "read_dataset", "main"]
@@ -95,9 +96,10 @@ def read_dataset(model: Model, tokenizer: LatexTokenizer, dataset: Im2LatexDatas
 
 def evaluate_folder(checkpoint: str | None, images: str, labels: str, *, beam: int = 1, batch_size: int = 16,
                     limit: int | None = None, device: str | None = None, glyph_scale: float | None = None,
-                    scales: int = 1, progress: bool = True) -> tuple[Scores, list[tuple[str, str, str]]]:
+                    scales: int = 1, glyph_estimator: str | None = None,
+                    progress: bool = True) -> tuple[Scores, list[tuple[str, str, str]]]:
     """Score a model folder on real images listed in a ``path<TAB>latex`` file (read as
-    :class:`LatexOCR` reads them; ``glyph_scale``, ``scales``: see there)."""
+    :class:`LatexOCR` reads them; ``glyph_scale``, ``scales``, ``glyph_estimator``: see there)."""
     pairs = read_labels(labels)
     if any(image is None for image, _ in pairs):
         raise DatasetError(f"{labels}: expected 'path<TAB>latex' lines")
@@ -108,7 +110,7 @@ def evaluate_folder(checkpoint: str | None, images: str, labels: str, *, beam: i
     # labels.tsv paths may include the folder's own name (im2latex_sample: images/x.png).
     paths = [str(root / p) if (root / p).exists() else str(root.parent / p) for p, _ in pairs]
     ocr = LatexOCR(checkpoint, device=device, beam=beam, batch_size=batch_size, glyph_scale=glyph_scale,
-                   scales=scales)
+                   scales=scales, glyph_estimator=glyph_estimator)
     with tqdm(total=len(paths), disable=not progress, desc="eval") as bar:
         predictions = ocr.predict(paths, progress=bar)
     rows = []
@@ -132,6 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="with --images: read glyphs at F times the training size (default: the model's)")
     parser.add_argument("--scales", type=int, default=1, metavar="N",
                         help="with --images: read each image at N glyph sizes, keep the consensus (LatexOCR)")
+    parser.add_argument("--glyph-estimator", choices=GLYPH_ESTIMATORS,
+                        help="with --images: how glyphs are measured (default: the model's)")
     parser.add_argument("--out", help="predictions TSV (default: predictions.tsv in the working directory)")
     parser.add_argument("--json", action="store_true", help="print the scores as one JSON line")
     parser.add_argument("--no_cuda", "--no-cuda", action="store_true")
@@ -145,8 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give either --data TEST.pkl or --images DIR --labels FILE")
     if args.beam < 1:
         parser.error("--beam must be at least 1")
-    if (args.glyph_scale is not None or args.scales != 1) and args.images is None:
-        parser.error("--glyph-scale and --scales apply to --images (a dataset is read at its stored glyph sizes)")
+    if (args.glyph_scale is not None or args.scales != 1 or args.glyph_estimator is not None) and args.images is None:
+        parser.error("--glyph-scale, --scales and --glyph-estimator apply to --images "
+                     "(a dataset is read at its stored glyph sizes)")
     device = "cuda" if torch.cuda.is_available() and not args.no_cuda else "cpu"
     start = time.perf_counter()
     try:
@@ -156,7 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             scores, rows = evaluate_folder(args.checkpoint, args.images, args.labels, beam=args.beam,
                                            batch_size=args.batch_size, limit=args.limit, device=device,
-                                           glyph_scale=args.glyph_scale, scales=args.scales)
+                                           glyph_scale=args.glyph_scale, scales=args.scales,
+                                           glyph_estimator=args.glyph_estimator)
     except (CheckpointError, DatasetError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pix2tex.checkpoint import CheckpointError, check_glyph_scale, glyph_scale, load_model_folder
+from pix2tex.checkpoint import (CheckpointError, check_glyph_estimator, check_glyph_scale, glyph_estimator,
+                                glyph_scale, load_model_folder)
 from pix2tex.fileio import printable_name
 from pix2tex.models import decoding
 from pix2tex.preprocess import DEFAULT_GLYPH_HEIGHT, MAX_PIXELS, load_image, prepare, to_batch
@@ -99,6 +100,14 @@ def _glyph_scale(meta: dict, chosen: float | None, rescale: bool) -> float:
         raise ValueError(str(exc)) from None
 
 
+def _glyph_estimator(meta: dict, chosen: str | None) -> str:
+    """The caller's glyph estimator if given (checked like a model folder's), else the folder's."""
+    try:
+        return glyph_estimator(meta) if chosen is None else check_glyph_estimator(chosen)
+    except CheckpointError as exc:
+        raise ValueError(str(exc)) from None
+
+
 class _PerImage:
     """Progress in images for a reading that decodes ``n`` inputs per image."""
 
@@ -129,6 +138,9 @@ class LatexOCR:
             onnxruntime (CPU).
         threads: CPU threads for the onnx engine (default: onnxruntime's choice).
         max_pixels: images with more pixels are refused from their header (a server's limit).
+        glyph_estimator: how glyphs are measured, one of
+            :data:`pix2tex.preprocess.GLYPH_ESTIMATORS` (default: the model folder's; "soft" when
+            it names none).
         scales: read each image at this many glyph sizes around ``glyph_scale`` (see
             :func:`reading_scales`) and keep the reading the others agree with most
             (:func:`consensus`): more accurate, ``scales`` times the work.  1 (default): one size.
@@ -137,7 +149,7 @@ class LatexOCR:
     def __init__(self, checkpoint: str | os.PathLike | None = None, *, device: str | None = None,
                  beam: int = 1, batch_size: int = 8, rescale: bool = True, engine: str = "torch",
                  threads: int | None = None, encoder_batch: int | None = None, max_pixels: int = MAX_PIXELS,
-                 glyph_scale: float | None = None, scales: int = 1):
+                 glyph_scale: float | None = None, scales: int = 1, glyph_estimator: str | None = None):
         if isinstance(scales, bool) or not isinstance(scales, int) or not 1 <= scales <= MAX_SCALES:
             raise ValueError(f"scales must be a whole number from 1 to {MAX_SCALES}, got {scales!r}")
         if scales > 1 and not rescale:
@@ -161,6 +173,7 @@ class LatexOCR:
             batch_size = 1
         self.beam, self.batch_size, self.rescale, self.max_pixels = beam, batch_size, rescale, max_pixels
         self.glyph_scale = _glyph_scale(self.meta, glyph_scale, rescale)
+        self.glyph_estimator = _glyph_estimator(self.meta, glyph_estimator)
         self.scales = reading_scales(self.glyph_scale, scales)
         self.encoder_batch = encoder_batch or (CPU_ENCODER_BATCH if self.device.type == "cpu" else batch_size)
 
@@ -188,7 +201,8 @@ class LatexOCR:
     def _prepare_at(self, loaded: Image.Image, scale: float) -> np.ndarray:
         c = self.config
         return prepare(loaded, patch_size=c.patch_size, max_height=c.max_height, max_width=c.max_width,
-                       rescale=self.rescale, target_glyph_height=DEFAULT_GLYPH_HEIGHT * scale)
+                       rescale=self.rescale, target_glyph_height=DEFAULT_GLYPH_HEIGHT * scale,
+                       glyph_estimator=self.glyph_estimator)
 
     def predict(self, images: Sequence[ImageSource], *, progress: Iterable | None = None) -> list[Prediction]:
         """Predict many images; unreadable ones get ``error`` set and do not stop the others.

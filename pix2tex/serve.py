@@ -361,7 +361,8 @@ def create_app(ocr, settings: ServeSettings = ServeSettings(), *, model_name: st
     async def health() -> dict[str, Any]:
         s = batcher.stats
         return {"status": "ok", "model": model_name, "engine": engine, "version": pix2tex.__version__,
-                "device": str(ocr.device), "glyph_scale": ocr.glyph_scale, "pending": batcher.pending,
+                "device": str(ocr.device), "glyph_scale": ocr.glyph_scale,
+                "glyph_estimator": ocr.glyph_estimator, "pending": batcher.pending,
                 "batches": {"requests": s.requests, "images": s.images, "batches": s.batches,
                             "largest": s.largest_batch, "max_batch": settings.max_batch,
                             "max_wait_ms": settings.max_wait_ms}}

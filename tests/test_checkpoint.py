@@ -10,8 +10,8 @@ import shutil
 import pytest
 import torch
 
-from pix2tex.checkpoint import (CheckpointError, load_model_folder, load_resume_state, main, save_model_folder,
-                                save_resume_state)
+from pix2tex.checkpoint import (CheckpointError, glyph_estimator, load_model_folder, load_resume_state, main,
+                                save_model_folder, save_resume_state)
 from pix2tex.config import ModelConfig
 from pix2tex.models.model import get_model
 from pix2tex.normalize import normalize
@@ -86,6 +86,23 @@ def test_glyph_scale_is_set_on_copy_and_checked_on_load(tmp_path, tokenizer, cap
     for value in ("1.2", True, 0.1, None):
         (tmp_path / "dst" / "meta.json").write_text(json.dumps({"glyph_scale": value}))
         with pytest.raises(CheckpointError, match=r"meta\.json: glyph_scale must be a number"):
+            load_model_folder(tmp_path / "dst")
+
+
+def test_glyph_estimator_is_set_on_copy_and_checked_on_load(tmp_path, tokenizer, capsys):
+    save_model_folder(tmp_path / "src", get_model(CFG), CFG, tokenizer, {"step": 7})
+    *_, meta = load_model_folder(tmp_path / "src")
+    assert glyph_estimator(meta) == "soft"  # folders from before the choice existed
+    assert main([str(tmp_path / "src"), str(tmp_path / "dst"), "--glyph-estimator", "stroke"]) == 0
+    *_, meta = load_model_folder(tmp_path / "dst")
+    assert meta == {"step": 7, "glyph_estimator": "stroke"} and glyph_estimator(meta) == "stroke"
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "src"), str(tmp_path / "bad"), "--glyph-estimator", "sharp"])
+    assert "invalid choice: 'sharp'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    for value in ("sharp", 1, None):
+        (tmp_path / "dst" / "meta.json").write_text(json.dumps({"glyph_estimator": value}))
+        with pytest.raises(CheckpointError, match=r"meta\.json: glyph_estimator must be one of soft, stroke, got "):
             load_model_folder(tmp_path / "dst")
 
 

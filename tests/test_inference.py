@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -17,6 +18,7 @@ from pix2tex.config import ModelConfig
 from pix2tex.inference import LatexOCR, expand_inputs
 from pix2tex.models.model import get_model
 from pix2tex.normalize import normalize
+from pix2tex.preprocess import prepare
 from pix2tex.tokenizer import LatexTokenizer
 from tests.helpers import REPO, SAMPLE, png_header_only, read_formulas
 
@@ -154,7 +156,7 @@ def test_glyph_scale_enlarges_what_the_model_reads(model_dir, images, tmp_path):
     r = _cli("predict", str(good[0]), "--checkpoint", str(model_dir), "--glyph-scale", "0")
     assert r.returncode == 2 and r.stderr.decode().strip() == "error: glyph_scale must be a number from 0.5 to 2.0, got 0.0"
     r = _cli("predict", str(good[0]), "--glyph-scale", "1.2", "--no-rescale")
-    assert r.returncode == 2 and "--glyph-scale and --no-rescale exclude each other" in r.stderr.decode()
+    assert r.returncode == 2 and "--glyph-scale and --glyph-estimator need rescaling" in r.stderr.decode()
     from pix2tex.eval import main as eval_main
 
     with pytest.raises(SystemExit) as exit_:
@@ -165,6 +167,30 @@ def test_glyph_scale_enlarges_what_the_model_reads(model_dir, images, tmp_path):
 
     export_onnx(str(tmp_path / "m"), tmp_path / "onnx")
     assert LatexOCR(tmp_path / "onnx", engine="onnx").glyph_scale == 1.5
+
+
+def test_glyph_estimator_comes_from_the_folder_or_the_caller(model_dir, images, tmp_path):
+    """The folder's glyph_estimator (or the caller's) measures the images; bad names are refused."""
+    good, _ = images
+    bold = Image.fromarray(cv2.erode(np.asarray(Image.open(good[0]).convert("L")), np.ones((2, 2), np.uint8)))
+    c = LatexOCR(model_dir, device="cpu").config
+    size = {"patch_size": c.patch_size, "max_height": c.max_height, "max_width": c.max_width}
+    soft, stroke = (prepare(bold, glyph_estimator=m, **size) for m in ("soft", "stroke"))
+    assert soft.shape != stroke.shape  # bold ink: "soft" measures taller glyphs, so it shrinks more
+    assert LatexOCR(model_dir, device="cpu").glyph_estimator == "soft"
+    assert (LatexOCR(model_dir, device="cpu").prepare(bold) == soft).all()
+    shutil.copytree(model_dir, tmp_path / "m")
+    (tmp_path / "m" / "meta.json").write_text(json.dumps({"glyph_estimator": "stroke"}))
+    folder = LatexOCR(tmp_path / "m", device="cpu")
+    assert folder.glyph_estimator == "stroke" and (folder.prepare(bold) == stroke).all()
+    assert (LatexOCR(tmp_path / "m", device="cpu", glyph_estimator="soft").prepare(bold) == soft).all()
+    with pytest.raises(ValueError, match="^glyph_estimator must be one of soft, stroke, got 'sharp'$"):
+        LatexOCR(model_dir, device="cpu", glyph_estimator="sharp")
+    r = _cli("predict", str(good[0]), "--checkpoint", str(model_dir), "--glyph-estimator", "sharp")
+    assert r.returncode == 2
+    assert r.stderr.decode().strip() == "error: glyph_estimator must be one of soft, stroke, got 'sharp'"
+    r = _cli("predict", str(good[0]), "--glyph-estimator", "stroke", "--no-rescale")
+    assert r.returncode == 2 and "--glyph-scale and --glyph-estimator need rescaling" in r.stderr.decode()
 
 
 def test_reading_scales_and_consensus():
