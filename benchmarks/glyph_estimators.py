@@ -23,7 +23,6 @@ from collections.abc import Callable, Iterator
 import cv2
 import numpy as np
 
-from benchmarks.glyph_scale import spread
 from pix2tex.dataset.dataset import Im2LatexDataset, load_image_gray
 from pix2tex.preprocess import (DEFAULT_GLYPH_HEIGHT, GLYPH_ESTIMATORS, crop_to_content, estimate_glyph_height,
                                 invert_if_dark, normalize_contrast)
@@ -94,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.limit < 1:
         parser.error("--limit must be at least 1")
+    from benchmarks.glyph_scale import spread  # glyph_scale imports CHANGES from here
+
     try:
         images = []
         for path in args.data.split(","):

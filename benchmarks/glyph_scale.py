@@ -7,7 +7,9 @@ several multiples of it, and prints BLEU and edit distance per (dataset, scale),
 the best mean BLEU over the datasets (ties: the lower mean edit distance).  Pick the scale here,
 never on a test set; store it with ``python -m pix2tex.checkpoint SRC DST --glyph-scale F``.
 ``--consensus N`` adds one row per dataset for reading at N sizes around the model's own
-``glyph_scale`` and keeping the consensus (``LatexOCR(scales=N)``).
+``glyph_scale`` and keeping the consensus (``LatexOCR(scales=N)``).  ``--change NAME`` reads the
+images bolder, blurrier or coarser (:data:`benchmarks.glyph_estimators.CHANGES`), and
+``--glyph-estimator`` measures their glyphs another way than the model folder says.
 
     python -m benchmarks.glyph_scale --checkpoint MODEL --data data/valid_im2latex_val.pkl,data/valid.pkl \\
         --limit 400 --scales 1.0,1.1,1.15,1.2,1.3 --json
@@ -23,8 +25,11 @@ import sys
 import time
 from collections.abc import Iterator
 
+from PIL import Image
+
+from benchmarks.glyph_estimators import CHANGES
 from pix2tex.checkpoint import CheckpointError, check_glyph_scale
-from pix2tex.dataset.dataset import Im2LatexDataset
+from pix2tex.dataset.dataset import Im2LatexDataset, load_image_gray
 from pix2tex.inference import MAX_SCALES, LatexOCR
 from pix2tex.metrics import bleu, edit_distance
 
@@ -37,25 +42,30 @@ def spread(n_items: int, limit: int | None) -> list[int]:
 
 
 def sweep(checkpoint: str | None, datasets: list[str], scales: list[float], limit: int | None,
-          batch_size: int = 16, consensus: int = 1) -> Iterator[dict]:
+          batch_size: int = 16, consensus: int = 1, change: str = "none",
+          glyph_estimator: str | None = None) -> Iterator[dict]:
     """One row per (dataset, scale): BLEU and edit distance of greedy readings of the dataset's images;
     with ``consensus`` > 1 also a row per dataset for the consensus of that many sizes."""
     for path in datasets:
         data = Im2LatexDataset.load(path)
         picked = spread(len(data.samples.paths), limit)
-        images = [str(data.image_path(i)) for i in picked]
+        alter = CHANGES[change][0]
+        images: list = ([str(data.image_path(i)) for i in picked] if change == "none" else  # read as users' files
+                        [Image.fromarray(alter(load_image_gray(data.image_path(i)))) for i in picked])
         references = [data.samples.labels[i] for i in picked]
         for scale in scales:
-            ocr = LatexOCR(checkpoint, device="cpu", batch_size=batch_size, glyph_scale=scale)
+            ocr = LatexOCR(checkpoint, device="cpu", batch_size=batch_size, glyph_scale=scale,
+                           glyph_estimator=glyph_estimator)
             start = time.perf_counter()
             predictions = [p.latex or "" for p in ocr.predict(images)]
             yield {"bench": "glyph_scale", "data": path, "n": len(picked), "glyph_scale": scale,
-                   "glyph_estimator": ocr.glyph_estimator,
+                   "glyph_estimator": ocr.glyph_estimator, "change": change,
                    "bleu": round(bleu(predictions, references), 4),
                    "edit_distance": round(edit_distance(predictions, references), 4),
                    "seconds": round(time.perf_counter() - start, 1)}
         if consensus > 1:
-            ocr = LatexOCR(checkpoint, device="cpu", batch_size=batch_size, scales=consensus)
+            ocr = LatexOCR(checkpoint, device="cpu", batch_size=batch_size, scales=consensus,
+                           glyph_estimator=glyph_estimator)
             start = time.perf_counter()
             predictions = [p.latex or "" for p in ocr.predict(images)]
             yield {"bench": "glyph_scale_consensus", "data": path, "n": len(picked), "scales": consensus,
@@ -82,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, help="images per dataset, spread evenly over it")
     parser.add_argument("--consensus", type=int, default=1, metavar="N",
                         help="also read at N sizes around the model's glyph_scale and keep the consensus")
+    parser.add_argument("--change", choices=list(CHANGES), default="none",
+                        help="read the images changed so (benchmarks.glyph_estimators)")
+    parser.add_argument("--glyph-estimator", help="soft or stroke (default: the model folder's)")
     parser.add_argument("--json", action="store_true", help="JSON lines (the only output format)")
     args = parser.parse_args(argv)
     try:
@@ -95,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--consensus must be from 1 to {MAX_SCALES}")
     rows = []
     try:
-        for row in sweep(args.checkpoint, args.data.split(","), scales, args.limit, consensus=args.consensus):
+        for row in sweep(args.checkpoint, args.data.split(","), scales, args.limit, consensus=args.consensus,
+                         change=args.change, glyph_estimator=args.glyph_estimator):
             if row["bench"] == "glyph_scale":
                 rows.append(row)
             print(json.dumps(row), flush=True)
