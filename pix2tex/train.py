@@ -88,6 +88,10 @@ def load_datasets(config: Config) -> tuple[Im2LatexDataset, Im2LatexDataset | No
         val_set.set_tokenizer(tokenizer)
         val_set.update(batchsize=t.testbatchsize, shuffle=False, test=True, seed=t.seed,
                        keep_smaller_batches=True, **common)
+        if val_set.glyph_estimator != train_set.glyph_estimator:
+            raise ConfigError(f"{t.valdata} measures glyphs with {val_set.glyph_estimator!r}, {t.data} with "
+                              f"{train_set.glyph_estimator!r}: validation would read at other sizes than training "
+                              f"(python -m pix2tex.dataset.dataset --remeasure)")
     if not train_set.batches(0):
         raise DatasetError(f"{t.data}: no training batch fits the size and length limits "
                            f"({len(train_set)} samples, batchsize {t.batchsize})")
@@ -438,7 +442,9 @@ def _train(config: Config, resume: bool, device: torch.device, progress: bool, d
                 finished = step >= total_steps or out_of_cpu
                 if step % t.sample_freq == 0 or finished:
                     # Validation runs on rank 0; the others wait for it at the next step's all-reduce.
-                    meta: dict[str, Any] = {"step": step, "epoch": epoch}
+                    # The model reads images measured as its training images were.
+                    meta: dict[str, Any] = {"step": step, "epoch": epoch,
+                                            "glyph_estimator": train_set.glyph_estimator}
                     if val_set is not None and len(val_set) and ddp.is_main:
                         scores, samples = validate(model, val_set, tokenizer, t.valbatches, device)
                         logger.log({"step": step, "epoch": epoch, **{f"val_{k}": v for k, v in scores.as_dict().items()}})

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pix2tex.dataset.dataset import BatchDataset, DatasetError, Im2LatexDataset, load_pickle, read_labels
+from pix2tex.dataset.dataset import (BatchDataset, DatasetError, Im2LatexDataset, load_image_gray, load_pickle,
+                                    read_labels)
 from pix2tex.dataset.transforms import MEAN, STD, train_transform
 from pix2tex.normalize import normalize
 from pix2tex.tokenizer import BOS_ID, LatexTokenizer
@@ -456,3 +457,39 @@ def test_dataset_files_without_glyph_heights_still_load(sample, tmp_path):
     del data["glyphs"]  # written before glyph heights were kept
     ds = Im2LatexDataset.load_dict(data)
     assert len(ds) == len(sample) and ds.glyphs == (None,) * len(sample)
+
+
+def test_glyph_heights_remeasured_with_another_estimator(tmp_path):
+    """--remeasure writes the same samples with every glyph height measured the new way, and says how;
+    a dataset built with an estimator stores its heights; old files read as "soft"."""
+    from pix2tex.preprocess import crop_to_content, estimate_glyph_height
+
+    images, lines = _copy_images(tmp_path, 12)
+    labels = tmp_path / "labels.tsv"
+    labels.write_text("\n".join(lines) + "\n")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "pix2tex.dataset.dataset", *a], cwd=REPO,
+                                    capture_output=True, text=True)
+    assert run("-i", str(images), "-e", str(labels), "-o", str(tmp_path / "soft.pkl")).returncode == 0
+    soft = Im2LatexDataset.load(tmp_path / "soft.pkl")
+    assert soft.glyph_estimator == "soft"
+    r = run("--remeasure", str(tmp_path / "soft.pkl"), "--glyph-estimator", "stroke", "-o", str(tmp_path / "s.pkl"))
+    assert r.returncode == 0, r.stderr
+    assert "12 samples, glyphs measured with stroke" in r.stdout
+    stroke = Im2LatexDataset.load(tmp_path / "s.pkl")
+    assert stroke.glyph_estimator == "stroke" and stroke.labels == soft.labels and stroke.paths == soft.paths
+    expected = [estimate_glyph_height(crop_to_content(load_image_gray(stroke.image_path(i))), "stroke")
+                for i in range(len(stroke))]
+    assert list(stroke.glyphs) == expected and stroke.glyphs != soft.glyphs
+    built = Im2LatexDataset(labels, images, glyph_estimator="stroke")
+    assert built.glyphs == stroke.glyphs
+    data = soft.to_dict()
+    del data["settings"]["glyph_estimator"]  # written before the choice existed
+    assert Im2LatexDataset.load_dict(data).glyph_estimator == "soft"
+    data["settings"]["glyph_estimator"] = "sharp"
+    with pytest.raises(DatasetError, match="glyph_estimator must be one of soft, stroke, got 'sharp'"):
+        Im2LatexDataset.load_dict(data, source="x.pkl")
+    with pytest.raises(TypeError, match="unknown setting 'glyph_estimator'"):
+        soft.update(glyph_estimator="stroke")  # the heights would not match the name
+    r = run("--remeasure", str(tmp_path / "soft.pkl"), "-e", str(labels), "-o", str(tmp_path / "x.pkl"))
+    assert r.returncode == 2 and "give either -e" in r.stderr
+

@@ -111,6 +111,7 @@ def test_resume_continues_from_saved_step_and_lr(pipeline):
     # The final last/ is the one written with the final validation (its scores are kept).
     meta = json.loads((pipeline["run_dir"] / "last" / "meta.json").read_text())
     assert meta["step"] == STEPS and "bleu" in meta["val"]
+    assert meta["glyph_estimator"] == "soft"  # as its training data were measured: the model reads so
 
 
 def test_model_learned_its_training_formulas(pipeline):

@@ -116,3 +116,25 @@ def test_set_overrides_reach_the_config_and_bad_ones_are_one_line_errors(tmp_pat
     # A well-formed override gets as far as the data: the config needs a training set.
     assert main(["--config", str(config_file), "--set", "max_lr=0.01", "--set", "batchsize=8"]) == 2
     assert "needs 'data'" in capsys.readouterr().err
+
+
+def test_validation_data_must_measure_glyphs_as_the_training_data_does(tmp_path):
+    """A validation set sized by another glyph estimator would be read at other sizes than training."""
+    from pix2tex.dataset.dataset import read_labels
+    from pix2tex.train import load_datasets
+
+    rows = read_labels(SAMPLE / "labels.tsv")[:8]
+    (tmp_path / "labels.tsv").write_text("".join(f"{SAMPLE / rel}\t{latex}\n" for rel, latex in rows))
+    ds = Im2LatexDataset(tmp_path / "labels.tsv", "/")
+    ds.save(tmp_path / "train.pkl")
+    ds.remeasure_glyphs("stroke")
+    ds.save(tmp_path / "val_stroke.pkl")
+    LatexTokenizer.train(list(ds.labels), 200, kind="tokens").save(tmp_path / "tok.json")
+    shape = {**TINY, "num_tokens": 200, "max_height": 128, "max_width": 640, "max_seq_len": 256}
+    files = {"data": str(tmp_path / "train.pkl"), "tokenizer": str(tmp_path / "tok.json"), "batchsize": 4}
+    config = config_from_dict({**SETTINGS, **shape, **files, "valdata": str(tmp_path / "train.pkl")})
+    train_set, val_set, _ = load_datasets(config)
+    assert train_set.glyph_estimator == val_set.glyph_estimator == "soft"
+    config = config_from_dict({**SETTINGS, **shape, **files, "valdata": str(tmp_path / "val_stroke.pkl")})
+    with pytest.raises(ConfigError, match=r"val_stroke\.pkl measures glyphs with 'stroke', .*train\.pkl with 'soft'"):
+        load_datasets(config)

@@ -24,7 +24,7 @@ import pickle
 import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from pix2tex.dataset.samples import SampleTable, Size
 from pix2tex.dataset.transforms import test_transform, train_transform
 from pix2tex.fileio import FileReadError, atomic_path, read_limited
 from pix2tex.normalize import normalize
-from pix2tex.preprocess import (MAX_FILE_BYTES, canvas_sizes, crop_to_content,
+from pix2tex.preprocess import (GLYPH_ESTIMATORS, MAX_FILE_BYTES, canvas_sizes, crop_to_content,
                                 estimate_glyph_height, prepare, to_batch)
 from pix2tex.tokenizer import LatexTokenizer
 
@@ -150,7 +150,7 @@ def load_image_gray(path: str | os.PathLike) -> np.ndarray:
         return np.asarray(im.convert("L"))
 
 
-def _inspect_image(path: Path) -> tuple[int, int, float | None] | str:
+def _inspect_image(path: Path, glyph_estimator: str = "soft") -> tuple[int, int, float | None] | str:
     """(height, width, glyph height) of the ink in a readable image, or why it is unusable.
 
     The size is that of the ink's bounding box, which is what the model will see after
@@ -162,7 +162,7 @@ def _inspect_image(path: Path) -> tuple[int, int, float | None] | str:
             return "empty file"
         gray = load_image_gray(path)  # decodes fully: catches truncated and corrupt files too
         content = crop_to_content(gray)
-        return content.shape[0], content.shape[1], estimate_glyph_height(content)
+        return content.shape[0], content.shape[1], estimate_glyph_height(content, glyph_estimator)
     except FileNotFoundError:
         return "missing image"
     except UnidentifiedImageError:
@@ -231,7 +231,7 @@ class Im2LatexDataset:
                  min_dimensions: tuple[int, int] = (32, 32), pad: bool = False,
                  keep_smaller_batches: bool = False, test: bool = False, patch_size: int = 16,
                  seed: int = 42, corpus_weights: dict[str, float] | None = None, max_label_tokens: int = 0,
-                 augment_level: str = "full", length_pool: int = 0):
+                 augment_level: str = "full", length_pool: int = 0, glyph_estimator: str = "soft"):
         self.samples = SampleTable()
         self.skipped: Counter[str] = Counter()
         self.tokenizer_path: str | None = None
@@ -245,6 +245,11 @@ class Im2LatexDataset:
         self.augment_level = augment_level
         self.length_pool = length_pool  # see BatchSampler
         self.corpus_weights: dict[str, float] = _check_weights(corpus_weights or {})
+        if glyph_estimator not in GLYPH_ESTIMATORS:
+            raise DatasetError(f"glyph_estimator must be one of {', '.join(GLYPH_ESTIMATORS)}, got {glyph_estimator!r}")
+        # How the glyph heights were measured (pix2tex.preprocess.GLYPH_ESTIMATORS); a model trained
+        # on them reads images measured the same way (its folder's meta.json says so).
+        self.glyph_estimator = glyph_estimator
         self.epoch = 0
         self._cursor = 0
         self._order: list[list[int]] = []
@@ -272,7 +277,7 @@ class Im2LatexDataset:
             if not label:
                 self._skip(equations, index, "empty label")
                 continue
-            size = _inspect_image(full)
+            size = _inspect_image(full, self.glyph_estimator)
             if isinstance(size, str):
                 self._skip(equations, index, size)
                 continue
@@ -298,7 +303,7 @@ class Im2LatexDataset:
                 "max_dimensions": list(self.max_dimensions), "min_dimensions": list(self.min_dimensions),
                 "pad": self.pad, "keep_smaller_batches": self.keep_smaller_batches, "test": self.test,
                 "patch_size": self.patch_size, "seed": self.seed,
-                "corpus_weights": dict(self.corpus_weights),
+                "corpus_weights": dict(self.corpus_weights), "glyph_estimator": self.glyph_estimator,
             },
         }
 
@@ -375,7 +380,9 @@ class Im2LatexDataset:
     def update(self, **kwargs: Any) -> None:
         """Change iteration settings (batchsize, shuffle, pad, keep_smaller_batches, test,
         max_seq_len, max_dimensions, min_dimensions, patch_size, seed, corpus_weights, tokenizer)."""
-        allowed = set(_SETTING_TYPES) - {"corpus_weights"}  # corpus_weights is checked on its own below
+        # corpus_weights is checked on its own below; glyph_estimator describes the stored glyph
+        # heights (remeasure_glyphs changes it together with them).
+        allowed = set(_SETTING_TYPES) - {"corpus_weights", "glyph_estimator"}
         for key, value in kwargs.items():
             if key == "tokenizer":
                 if value is not None:
@@ -387,6 +394,22 @@ class Im2LatexDataset:
             else:
                 raise TypeError(f"update() got an unknown setting '{key}'")
         self._order = []
+
+    def remeasure_glyphs(self, glyph_estimator: str) -> int:
+        """Measure every image's glyph height again with ``glyph_estimator``; returns how many
+        images have none (no glyph-like ink: they are read at their own size, as before)."""
+        if glyph_estimator not in GLYPH_ESTIMATORS:
+            raise DatasetError(f"glyph_estimator must be one of {', '.join(GLYPH_ESTIMATORS)}, got {glyph_estimator!r}")
+        glyphs = []
+        for i in range(len(self)):
+            measured = _inspect_image(self.image_path(i), glyph_estimator)
+            if isinstance(measured, str):
+                raise DatasetError(f"{self.image_path(i)}: {measured}")
+            glyphs.append(measured[2])
+        self.samples = replace(self.samples, glyphs=tuple(glyphs))
+        self.glyph_estimator = glyph_estimator
+        self._order = []
+        return sum(g is None for g in glyphs)
 
     def set_tokenizer(self, tokenizer: str | os.PathLike | LatexTokenizer) -> None:
         if isinstance(tokenizer, LatexTokenizer):
@@ -534,7 +557,7 @@ _FIELD_TYPES = {"roots": (str,), "paths": (str,), "root_ids": (int,), "widths": 
 _SETTING_TYPES = {"shuffle": (bool,), "batchsize": (int,), "max_seq_len": (int,), "max_dimensions": (list, tuple),
                   "min_dimensions": (list, tuple), "pad": (bool,), "keep_smaller_batches": (bool,), "test": (bool,),
                   "patch_size": (int,), "seed": (int,), "corpus_weights": (dict,), "max_label_tokens": (int,),
-                  "augment_level": (str,), "length_pool": (int,)}
+                  "augment_level": (str,), "length_pool": (int,), "glyph_estimator": (str,)}
 
 
 def _check_fields(data: dict, filename: str) -> None:
@@ -629,24 +652,39 @@ def collate_batch(batch: Batch) -> Batch:
 # -- command line -------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pix2tex.dataset.dataset",
-                                     description="Train a tokenizer (-e … -s N -o tokenizer.json) or build a dataset "
-                                                 "(-i IMAGES -e LABELS -o OUT.pkl).")
+                                     description="Train a tokenizer (-e … -s N -o tokenizer.json), build a dataset "
+                                                 "(-i IMAGES -e LABELS -o OUT.pkl) or measure a dataset's glyph "
+                                                 "heights again (--remeasure IN.pkl --glyph-estimator NAME -o OUT.pkl).")
     parser.add_argument("-i", "--images", help="image folder (builds a dataset)")
-    parser.add_argument("-e", "--equations", nargs="+", required=True, help="labels.tsv or formula files")
+    parser.add_argument("-e", "--equations", nargs="+", help="labels.tsv or formula files")
     parser.add_argument("-o", "--out", required=True, help="output .pkl or tokenizer.json")
     parser.add_argument("-s", "--vocab-size", type=int, default=8000, help="largest vocabulary size")
     parser.add_argument("--kind", choices=("bpe", "tokens"), default="bpe",
                         help="bpe: merged multi-token ids; tokens: one id per LaTeX token")
     parser.add_argument("-t", "--tokenizer", help="tokenizer.json recorded in the dataset")
+    parser.add_argument("--glyph-estimator", choices=GLYPH_ESTIMATORS, default="soft",
+                        help="how glyph heights are measured (pix2tex.preprocess.GLYPH_ESTIMATORS)")
+    parser.add_argument("--remeasure", metavar="IN.pkl",
+                        help="write IN.pkl with every glyph height measured again by --glyph-estimator")
     args = parser.parse_args(argv)
+    if (args.remeasure is None) == (args.equations is None):
+        parser.error("give either -e (a tokenizer or a dataset to build) or --remeasure IN.pkl")
     try:
+        if args.remeasure is not None:
+            ds = Im2LatexDataset.load(args.remeasure)
+            unmeasured = ds.remeasure_glyphs(args.glyph_estimator)
+            ds.save(args.out)
+            print(f"wrote {args.out}: {len(ds)} samples, glyphs measured with {args.glyph_estimator} "
+                  f"({unmeasured} without glyph-like ink)")
+            return 0
         if args.images is None:
             tok = Im2LatexDataset.generate_tokenizer(args.equations, args.out, args.vocab_size, args.kind)
             print(f"wrote {args.out}: {tok.vocab_size} tokens")
             return 0
         if len(args.equations) != 1:
             raise DatasetError("building a dataset takes exactly one labels file (-e)")
-        ds = Im2LatexDataset(args.equations[0], args.images, tokenizer=args.tokenizer)
+        ds = Im2LatexDataset(args.equations[0], args.images, tokenizer=args.tokenizer,
+                             glyph_estimator=args.glyph_estimator)
         ds.save(args.out)
         skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(ds.skipped.items())) or "none"
         print(f"wrote {args.out}: {len(ds)} samples (left out: {skipped})")
