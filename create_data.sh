@@ -13,7 +13,8 @@
 # A formula file whose render folder already has its labels.tsv (newer than the file) is not
 # rendered again, so an interrupted run continues; RERENDER=1 renders everything.
 # Settings through the environment: PYTHON (default .venv/bin/python if present), RENDER_ARGS
-# (extra renderer options, e.g. "--dpi 110 150 --workers 2"), SPLIT_ARGS (e.g. "--val 0.01").
+# (extra renderer options, e.g. "--dpi 110 150 --workers 2"), SPLIT_ARGS (e.g. "--val 0.01"),
+# GLYPH_ESTIMATOR (how the datasets measure glyph heights: soft, the default, or stroke).
 set -euo pipefail
 
 if [ $# -lt 2 ] || [ $# -gt 3 ]; then
@@ -25,6 +26,7 @@ out=$2
 vocab=${3:-8000}
 here=$(cd "$(dirname "$0")" && pwd)
 python=${PYTHON:-$([ -x "$here/.venv/bin/python" ] && echo "$here/.venv/bin/python" || echo python3)}
+glyphs=${GLYPH_ESTIMATOR:-soft}
 
 if [ -d "$formulas" ]; then
     files=("$formulas"/*.txt)
@@ -62,7 +64,8 @@ echo "== tokenizer"
 
 echo "== datasets"
 for split in train valid test; do
-    "$python" -m pix2tex.dataset.dataset -i "$out" -e "$out/$split.tsv" -t "$out/tokenizer.json" -o "$out/$split.pkl"
+    "$python" -m pix2tex.dataset.dataset -i "$out" -e "$out/$split.tsv" -t "$out/tokenizer.json" -o "$out/$split.pkl" \
+        --glyph-estimator "$glyphs"
 done
 for f in "${files[@]}"; do
     name=$(basename "$f" .txt)
@@ -70,7 +73,7 @@ for f in "${files[@]}"; do
         grep -F "render/$name/" "$out/$split.tsv" > "$out/${split}_$name.tsv" || true
         if [ -s "$out/${split}_$name.tsv" ]; then
             "$python" -m pix2tex.dataset.dataset -i "$out" -e "$out/${split}_$name.tsv" -t "$out/tokenizer.json" \
-                -o "$out/${split}_$name.pkl"
+                -o "$out/${split}_$name.pkl" --glyph-estimator "$glyphs"
         fi
     done
 done

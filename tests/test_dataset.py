@@ -328,7 +328,7 @@ def test_create_data_writes_per_corpus_validation_and_test_sets(tmp_path):
     for name in ("im2latex_val", "chem_units"):
         (formulas / f"{name}.txt").write_text("\n".join(read_formulas(name, 40)) + "\n")
     env = {**os.environ, "PYTHON": sys.executable, "RENDER_ARGS": "--dpi 100 100 --fonts cm --workers 2",
-           "SPLIT_ARGS": "--val 0.25 --test 0.25"}
+           "SPLIT_ARGS": "--val 0.25 --test 0.25", "GLYPH_ESTIMATOR": "stroke"}
     result = subprocess.run(["bash", str(REPO / "create_data.sh"), str(formulas), str(tmp_path / "data"), "300"],
                             capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr
@@ -340,6 +340,7 @@ def test_create_data_writes_per_corpus_validation_and_test_sets(tmp_path):
             assert len(part) > 0 and set(part.corpus_sizes()) == {name}
         assert sorted(whole.labels) == sorted(parts["im2latex_val"].labels + parts["chem_units"].labels)
     assert Im2LatexDataset.load(data / "train.pkl").corpus_sizes().keys() == {"im2latex_val", "chem_units"}
+    assert {Im2LatexDataset.load(p).glyph_estimator for p in data.glob("*.pkl")} == {"stroke"}
 
 
 def test_max_label_tokens_keeps_only_short_labels_for_a_curriculum(sample):
