@@ -468,12 +468,16 @@ def _stroke_glyph_height(gray: np.ndarray) -> float | None:
 GLYPH_ESTIMATORS = ("soft", "stroke")
 """How :func:`estimate_glyph_height` measures glyphs.
 
-"soft": components' soft heights (:func:`component_sizes`); what the training renders' glyph sizes
-were measured with.  Bolder or blurrier ink reads taller: +15 % for a 2x2 erosion, +15 % for a
-Gaussian blur of sigma 1 and +35 % for both, on 200 validation renders scaled to the training size.
+"soft": components' soft heights (:func:`component_sizes`), the first estimator (datasets and
+model folders that name none used it).  Bolder or blurrier ink reads taller: +15 % for a 2x2
+erosion, +15 % for a Gaussian blur of sigma 1 and +35 % for both, on 200 validation renders scaled
+to the training size.
 "stroke": binarized heights less the typical stroke width, which bold and blur add to every glyph
-(+8 %, +3 % and +13 % there); scaled to agree with "soft" on clean renders (median ratio).  The
-benchmark: ``python -m benchmarks.glyph_estimators``."""
+(+8 %, +3 % and +13 % there); scaled to agree with "soft" on clean renders (median ratio), where
+it spreads more (10th-90th percentile 0.80-1.17 of "soft"'s).  Stroke width is only a correction
+here: as the size measure itself it had proved renderer-dependent (blurry renders have strokes
+~1.7x thicker relative to glyph height than crisp ones).  The benchmark:
+``python -m benchmarks.glyph_estimators``."""
 
 
 def estimate_glyph_height(gray: np.ndarray, method: str = "soft") -> float | None:

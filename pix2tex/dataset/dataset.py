@@ -526,7 +526,8 @@ class Im2LatexDataset:
             # noise it is off by 2-3x for ~7 % of images, which then blow up the whole batch's canvas.
             try:
                 image = prepare(Image.fromarray(image), patch_size=self.patch_size, max_height=max_size.height,
-                                max_width=max_size.width, glyph_height=self.samples.glyphs[i] or None)
+                                max_width=max_size.width, glyph_height=self.samples.glyphs[i] or None,
+                                glyph_estimator=self.glyph_estimator)
             except ValueError:  # no measurable ink left after augmentation: use it as it is
                 image = _fit(image, max_size)
             images.append(image)
