@@ -53,7 +53,8 @@ def test_health_names_model_engine_and_version(server):
     health = server.health()
     assert (health["status"], health["model"], health["engine"], health["version"]) == \
         ("ok", "bundled", "torch", pix2tex.__version__)
-    assert health["glyph_scale"] == LatexOCR().glyph_scale  # the bundled folder's (meta.json)
+    bundled = LatexOCR()  # the bundled folder's meta.json
+    assert (health["glyph_scale"], health["glyph_estimator"]) == (bundled.glyph_scale, bundled.glyph_estimator)
 
 
 def test_pix2tex_client_calls_read_like_the_library(server, image_bytes, alone):
