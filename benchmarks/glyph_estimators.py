@@ -24,8 +24,7 @@ import cv2
 import numpy as np
 
 from pix2tex.dataset.dataset import Im2LatexDataset, load_image_gray
-from pix2tex.preprocess import (DEFAULT_GLYPH_HEIGHT, GLYPH_ESTIMATORS, crop_to_content, estimate_glyph_height,
-                                invert_if_dark, normalize_contrast)
+from pix2tex.preprocess import DEFAULT_GLYPH_HEIGHT, GLYPH_ESTIMATORS, estimate_glyph_height, ink_content
 
 _BOLD = np.ones((2, 2), np.uint8)
 
@@ -47,14 +46,9 @@ CHANGES: dict[str, tuple[Callable[[np.ndarray], np.ndarray], float]] = {
 }
 
 
-def content(gray: np.ndarray) -> np.ndarray:
-    """What ``prepare`` measures: contrast-normalized and cropped to the ink."""
-    return crop_to_content(normalize_contrast(invert_if_dark(gray)))
-
-
 def at_training_size(gray: np.ndarray) -> np.ndarray | None:
     """``gray`` cropped and scaled so its "soft" glyph height is the training size, with a white border."""
-    c = content(gray)
+    c = ink_content(gray)
     glyph = estimate_glyph_height(c)
     if glyph is None:
         return None
@@ -76,7 +70,7 @@ def run(images: list[np.ndarray]) -> Iterator[dict]:
         for name, (change, factor) in CHANGES.items():
             ratios, seconds = [], 0.0
             for b in base:
-                c = content(change(b))
+                c = ink_content(change(b))
                 start = time.perf_counter()
                 glyph = estimate_glyph_height(c, method)
                 seconds += time.perf_counter() - start

@@ -33,8 +33,7 @@ from PIL import Image
 
 from pix2tex.config import ModelConfig
 from pix2tex.preprocess import (
-    DEFAULT_GLYPH_HEIGHT, crop_to_content, estimate_glyph_height, invert_if_dark, load_image, normalize_contrast,
-    prepare, to_gray,
+    DEFAULT_GLYPH_HEIGHT, estimate_glyph_height, ink_content, load_image, prepare, to_gray,
 )
 
 SAMPLE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "images" / "im2latex_sample" / "images"
@@ -148,7 +147,7 @@ def measure_target(limit: int | None) -> dict:
     est = []
     for path in _images(limit):
         gray = np.asarray(to_gray(Image.open(path)))
-        g = estimate_glyph_height(crop_to_content(normalize_contrast(invert_if_dark(gray))))
+        g = estimate_glyph_height(ink_content(gray))
         if g is not None:
             est.append(g)
     q1, q2, q3 = np.percentile(est, [25, 50, 75])

@@ -34,7 +34,7 @@ from pix2tex.fileio import FileReadError, printable_name, read_limited
 __all__ = [
     "ImageLoadError", "BlankImageError",
     "MAX_PIXELS", "DEFAULT_GLYPH_HEIGHT", "MARGIN",
-    "load_image", "to_gray", "invert_if_dark", "normalize_contrast", "crop_to_content",
+    "load_image", "to_gray", "invert_if_dark", "normalize_contrast", "crop_to_content", "ink_content",
     "component_sizes", "estimate_glyph_height", "GLYPH_ESTIMATORS", "prepare", "to_batch", "canvas_sizes", "MEAN", "STD", "MAX_FILE_BYTES",
 ]
 
@@ -354,6 +354,12 @@ def crop_to_content(gray: np.ndarray, *, margin: int = 0, threshold: int = _INK_
     return gray[max(0, y0 - margin):min(h, y1 + margin), max(0, x0 - margin):min(w, x1 + margin)]
 
 
+def ink_content(gray: np.ndarray) -> np.ndarray:
+    """``gray`` as :func:`prepare` measures it: dark mode undone (:func:`invert_if_dark`), contrast
+    stretched (:func:`normalize_contrast`) and cropped to the ink (:func:`crop_to_content`)."""
+    return crop_to_content(normalize_contrast(invert_if_dark(gray)))
+
+
 # ----------------------------------------------------------------------------------------------
 # Glyph scale without a network
 
@@ -539,8 +545,7 @@ def prepare(img: Image.Image, *, patch_size: int, max_height: int, max_width: in
     max_height -= max_height % patch_size
     max_width -= max_width % patch_size
     gray = np.asarray(to_gray(img))
-    gray = normalize_contrast(invert_if_dark(gray))
-    content = crop_to_content(gray)
+    content = ink_content(gray)
     h, w = content.shape
     scale = None
     if rescale:
