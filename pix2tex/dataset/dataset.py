@@ -245,11 +245,9 @@ class Im2LatexDataset:
         self.augment_level = augment_level
         self.length_pool = length_pool  # see BatchSampler
         self.corpus_weights: dict[str, float] = _check_weights(corpus_weights or {})
-        if glyph_estimator not in GLYPH_ESTIMATORS:
-            raise DatasetError(f"glyph_estimator must be one of {', '.join(GLYPH_ESTIMATORS)}, got {glyph_estimator!r}")
         # How the glyph heights were measured (pix2tex.preprocess.GLYPH_ESTIMATORS); a model trained
         # on them reads images measured the same way (its folder's meta.json says so).
-        self.glyph_estimator = glyph_estimator
+        self.glyph_estimator = _check_glyph_estimator(glyph_estimator)
         self.epoch = 0
         self._cursor = 0
         self._order: list[list[int]] = []
@@ -398,8 +396,7 @@ class Im2LatexDataset:
     def remeasure_glyphs(self, glyph_estimator: str) -> int:
         """Measure every image's glyph height again with ``glyph_estimator``; returns how many
         images have none (no glyph-like ink: they are read at their own size, as before)."""
-        if glyph_estimator not in GLYPH_ESTIMATORS:
-            raise DatasetError(f"glyph_estimator must be one of {', '.join(GLYPH_ESTIMATORS)}, got {glyph_estimator!r}")
+        _check_glyph_estimator(glyph_estimator)
         glyphs = []
         for i in range(len(self)):
             measured = _inspect_image(self.image_path(i), glyph_estimator)
@@ -559,6 +556,12 @@ _SETTING_TYPES = {"shuffle": (bool,), "batchsize": (int,), "max_seq_len": (int,)
                   "min_dimensions": (list, tuple), "pad": (bool,), "keep_smaller_batches": (bool,), "test": (bool,),
                   "patch_size": (int,), "seed": (int,), "corpus_weights": (dict,), "max_label_tokens": (int,),
                   "augment_level": (str,), "length_pool": (int,), "glyph_estimator": (str,)}
+
+
+def _check_glyph_estimator(name: str) -> str:
+    if name not in GLYPH_ESTIMATORS:
+        raise DatasetError(f"glyph_estimator must be one of {', '.join(GLYPH_ESTIMATORS)}, got {name!r}")
+    return name
 
 
 def _check_fields(data: dict, filename: str) -> None:
