@@ -6,7 +6,7 @@ A *model folder* is what ``pix2tex predict`` and :class:`pix2tex.LatexOCR` load:
     config.yaml         the resolved ModelConfig
     tokenizer.json      the tokenizer the model was trained with
     meta.json           step, validation scores (informative); ``glyph_scale``, the glyph size
-                        this model reads best at, relative to the training size (default 1);
+                        this model reads best at, times DEFAULT_GLYPH_HEIGHT (default 1);
                         ``glyph_estimator``, how input glyphs are measured (default "soft", see
                         pix2tex.preprocess.GLYPH_ESTIMATORS)
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import numbers
 import os
 import shutil
 import tempfile
@@ -35,7 +34,8 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from pix2tex.config import MAX_SETTINGS_BYTES, ConfigError, ModelConfig, config_from_dict, read_settings_yaml
+from pix2tex.config import (MAX_SETTINGS_BYTES, ConfigError, ModelConfig, config_from_dict, read_settings_yaml,
+                            check_glyph_scale as _check_scale)
 from pix2tex.fileio import FileReadError, atomic_path, read_limited, replace_folder
 from pix2tex.preprocess import GLYPH_ESTIMATORS
 from pix2tex.tokenizer import LatexTokenizer, TokenizerError
@@ -48,7 +48,6 @@ __all__ = [
 
 WEIGHTS, CONFIG, TOKENIZER, META = "model.safetensors", "config.yaml", "tokenizer.json", "meta.json"
 MAX_TOKENIZER_BYTES = 64 * 2**20
-GLYPH_SCALE_RANGE = (0.5, 2.0)
 
 
 class CheckpointError(ValueError):
@@ -158,19 +157,19 @@ def read_folder_files(folder: Path, kind: str = "model folder") -> tuple[ModelCo
 
 
 def glyph_scale(meta: dict[str, Any], source: str | None = META) -> float:
-    """The glyph size a model reads best at, relative to the size it was trained at (meta.json's
-    ``glyph_scale``, 1 when absent); chosen on validation renders by ``benchmarks.glyph_scale``."""
+    """The glyph size a model reads best at, as a multiple of ``DEFAULT_GLYPH_HEIGHT`` (meta.json's
+    ``glyph_scale``, 1 when absent). Training writes the size it trained at (its config key
+    ``glyph_scale``); ``benchmarks.glyph_scale`` chooses a better one on validation renders."""
     return check_glyph_scale(meta.get("glyph_scale", 1.0), source)
 
 
 def check_glyph_scale(value: Any, source: str | None = None) -> float:
-    """``value`` as a glyph scale; CheckpointError unless it is a number in ``GLYPH_SCALE_RANGE``
+    """``value`` as a glyph scale; CheckpointError unless it is a number in ``config.GLYPH_SCALE_RANGE``
     (the message starts with ``source`` when one is given)."""
-    lo, hi = GLYPH_SCALE_RANGE
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not lo <= value <= hi:
-        where = f"{source}: " if source else ""
-        raise CheckpointError(f"{where}glyph_scale must be a number from {lo} to {hi}, got {value!r}")
-    return float(value)
+    try:
+        return _check_scale(value, source)
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def glyph_estimator(meta: dict[str, Any], source: str | None = META) -> str:
@@ -244,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dst", help="target folder, e.g. pix2tex/model/checkpoints/default")
     parser.add_argument("--fp16", action="store_true", help="store floating-point weights as float16")
     parser.add_argument("--glyph-scale", type=float, metavar="F",
-                        help="glyph size to read at, relative to training's (python -m benchmarks.glyph_scale)")
+                        help="glyph size to read at, times the default training size (python -m benchmarks.glyph_scale)")
     parser.add_argument("--glyph-estimator", choices=GLYPH_ESTIMATORS,
                         help="how input glyphs are measured (pix2tex.preprocess.GLYPH_ESTIMATORS)")
     args = parser.parse_args(argv)

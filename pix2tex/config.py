@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import numbers
 import os
 import types
 import typing
@@ -169,6 +170,11 @@ class TrainConfig:
     dist_timeout_s: float = 1800.0
     augment: bool = True  # use train_transform for training batches
     augment_level: str = "full"  # "light": small jitter, blur and contrast only; "full": everything
+    # Training and validation images are scaled so their glyphs are glyph_scale x DEFAULT_GLYPH_HEIGHT
+    # (11.3 px) tall; the model folders' meta.json says so, and prediction reads at that size.
+    # 1.2 trains on more pixels per glyph for 16-pixel patches (docs/RESULTS.md) but leaves out more
+    # of the widest formulas (max_dimensions_filter).
+    glyph_scale: float = 1.0
     log_every: int = 10  # steps between metric lines in metrics.jsonl
 
     def __post_init__(self) -> None:
@@ -184,6 +190,7 @@ class TrainConfig:
             raise ConfigError("warmup_steps, max_label_tokens and length_pool must be >= 0")
         if self.augment_level not in ("light", "full"):
             raise ConfigError(f"augment_level must be 'light' or 'full', got {self.augment_level!r}")
+        check_glyph_scale(self.glyph_scale)
         if self.max_cpu_minutes is not None and self.max_cpu_minutes <= 0:
             raise ConfigError(f"max_cpu_minutes must be positive, got {self.max_cpu_minutes}")
         for name in ("batchsize", "testbatchsize", "epochs", "sample_freq", "valbatches", "lr_step"):
@@ -212,6 +219,20 @@ class Config:
     def replace(self, **changes: Any) -> "Config":
         """A copy with some flat keys changed (validated like a file)."""
         return config_from_dict({**self.to_dict(), **changes}, source="<override>", check_files=False)
+
+
+GLYPH_SCALE_RANGE = (0.5, 2.0)
+"""Glyph sizes models are trained and read at, as multiples of preprocess.DEFAULT_GLYPH_HEIGHT."""
+
+
+def check_glyph_scale(value: Any, source: str | None = None) -> float:
+    """``value`` as a glyph scale: a one-line ConfigError (starting with ``source`` when given)
+    unless it is a number in ``GLYPH_SCALE_RANGE``.  Shared by the config, datasets and model folders."""
+    lo, hi = GLYPH_SCALE_RANGE
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not lo <= value <= hi:
+        where = f"{source}: " if source else ""
+        raise ConfigError(f"{where}glyph_scale must be a number from {lo} to {hi}, got {value!r}")
+    return float(value)
 
 
 def check_corpus_weights(weights: dict) -> dict[str, float]:

@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pix2tex.checkpoint import CheckpointError, load_model_folder
+from pix2tex.checkpoint import glyph_scale as folder_glyph_scale
 from pix2tex.dataset.dataset import DatasetError, Im2LatexDataset, read_labels
 from pix2tex.fileio import atomic_write_text
 from pix2tex.inference import LatexOCR
@@ -45,12 +46,13 @@ def evaluate_dataset(checkpoint: str | None, data: str, *, beam: int = 1, batch_
                      limit: int | None = None, device: str = "cpu",
                      progress: bool = True) -> tuple[Scores, list[tuple[str, str, str]]]:
     """Score a model folder on a .pkl dataset; returns scores and (image, prediction, reference) rows."""
-    model, config, tokenizer, _ = load_model_folder(checkpoint, device)
+    model, config, tokenizer, meta = load_model_folder(checkpoint, device)
     ds = Im2LatexDataset.load(data)
     ds.set_tokenizer(tokenizer)
+    # At the glyph size the model reads at (its folder's glyph_scale; training's for its own folders).
     ds.update(batchsize=batch_size, shuffle=False, test=True, keep_smaller_batches=True,
               max_seq_len=config.max_seq_len, max_dimensions=(config.max_width, config.max_height),
-              patch_size=config.patch_size)
+              patch_size=config.patch_size, glyph_scale=folder_glyph_scale(meta))
     batches = all_batches = ds.batches(0)
     if limit is not None:
         kept, budget = [], limit

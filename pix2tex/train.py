@@ -70,7 +70,7 @@ def load_datasets(config: Config) -> tuple[Im2LatexDataset, Im2LatexDataset | No
         raise ConfigError(f"num_tokens ({m.num_tokens}) is smaller than the tokenizer's vocabulary "
                           f"({tokenizer.vocab_size}, {t.tokenizer})")
     common = dict(max_seq_len=m.max_seq_len, max_dimensions=(m.max_width, m.max_height),
-                  min_dimensions=(t.min_width, t.min_height), patch_size=m.patch_size)
+                  min_dimensions=(t.min_width, t.min_height), patch_size=m.patch_size, glyph_scale=t.glyph_scale)
     train_set = Im2LatexDataset.load(t.data)
     train_set.set_tokenizer(tokenizer)
     train_set.update(batchsize=t.batchsize, shuffle=True, test=not t.augment, seed=t.seed,
@@ -442,8 +442,8 @@ def _train(config: Config, resume: bool, device: torch.device, progress: bool, d
                 finished = step >= total_steps or out_of_cpu
                 if step % t.sample_freq == 0 or finished:
                     # Validation runs on rank 0; the others wait for it at the next step's all-reduce.
-                    # The model reads images measured as its training images were.
-                    meta: dict[str, Any] = {"step": step, "epoch": epoch,
+                    # The model reads images measured and scaled as its training images were.
+                    meta: dict[str, Any] = {"step": step, "epoch": epoch, "glyph_scale": t.glyph_scale,
                                             "glyph_estimator": train_set.glyph_estimator}
                     if val_set is not None and len(val_set) and ddp.is_main:
                         scores, samples = validate(model, val_set, tokenizer, t.valbatches, device)

@@ -248,6 +248,35 @@ def test_prepared_size_predicts_the_model_input(sample):
         assert abs(image.shape[2] - h) <= 16 + 4 and abs(image.shape[3] - w) <= 16 + 8
 
 
+def test_glyph_scale_trains_on_larger_glyphs(sample, tmp_path):
+    """glyph_scale 1.2 prepares every image with glyphs 1.2x as tall; the sampler buckets by that
+    size (and leaves out what no longer fits), and the setting survives save and load."""
+    larger = Im2LatexDataset.load_dict(sample.to_dict())
+    larger.update(glyph_scale=1.2)
+    larger.set_tokenizer(sample.tokenizer)
+    wide = [i for i in range(40) if sample.glyphs[i]][:8]
+    for i in wide:
+        h, w = larger.prepared_size(i)
+        base_h, base_w = sample.prepared_size(i)
+        # prepared sizes include fixed margins; the ink inside them grows by the scale
+        assert (w - 8) / (base_w - 8) == pytest.approx(1.2, rel=0.06)
+        image = larger.prepare_data([i]).images
+        assert abs(image.shape[2] - h) <= 16 + 4 and abs(image.shape[3] - w) <= 16 + 8
+        # the ink itself: columns with any dark pixel, in the batch's normalized image
+        ink = lambda x: int((x[0, 0] < x[0, 0].max() - 0.5).any(axis=0).sum())  # noqa: E731
+        assert ink(image.numpy()) / ink(sample.prepare_data([i]).images.numpy()) == pytest.approx(1.2, rel=0.1)
+    assert len(larger.eligible()) < len(sample.eligible())  # the widest formulas no longer fit 800 px
+    larger.save(tmp_path / "larger.pkl")
+    assert Im2LatexDataset.load(tmp_path / "larger.pkl").glyph_scale == 1.2
+    assert Im2LatexDataset.load_dict(sample.to_dict()).glyph_scale == 1.0
+    old = sample.to_dict()
+    del old["settings"]["glyph_scale"]  # written before the setting existed
+    assert Im2LatexDataset.load_dict(old).glyph_scale == 1.0
+    for bad in (3, "1.2", True):
+        with pytest.raises(DatasetError, match="glyph_scale must be a number from 0.5 to 2.0"):
+            larger.update(glyph_scale=bad)
+
+
 @pytest.fixture(scope="module")
 def two_corpora(tmp_path_factory, tokenizer_path):
     """40 real images laid out as create_data.sh renders: 10 in render/a, 30 in render/b."""

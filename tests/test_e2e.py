@@ -112,6 +112,7 @@ def test_resume_continues_from_saved_step_and_lr(pipeline):
     meta = json.loads((pipeline["run_dir"] / "last" / "meta.json").read_text())
     assert meta["step"] == STEPS and "bleu" in meta["val"]
     assert meta["glyph_estimator"] == "soft"  # as its training data were measured: the model reads so
+    assert meta["glyph_scale"] == 1.0  # and at the glyph size it was trained at
 
 
 def test_model_learned_its_training_formulas(pipeline):

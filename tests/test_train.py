@@ -138,3 +138,23 @@ def test_validation_data_must_measure_glyphs_as_the_training_data_does(tmp_path)
     config = config_from_dict({**SETTINGS, **shape, **files, "valdata": str(tmp_path / "val_stroke.pkl")})
     with pytest.raises(ConfigError, match=r"val_stroke\.pkl measures glyphs with 'stroke', .*train\.pkl with 'soft'"):
         load_datasets(config)
+
+
+def test_glyph_scale_reaches_both_datasets_and_is_checked(tmp_path):
+    """The config's glyph_scale sizes training and validation images alike; out of range it is refused."""
+    from pix2tex.dataset.dataset import read_labels
+    from pix2tex.train import load_datasets
+
+    rows = read_labels(SAMPLE / "labels.tsv")[:8]
+    (tmp_path / "labels.tsv").write_text("".join(f"{SAMPLE / rel}\t{latex}\n" for rel, latex in rows))
+    ds = Im2LatexDataset(tmp_path / "labels.tsv", "/")
+    ds.save(tmp_path / "train.pkl")
+    LatexTokenizer.train(list(ds.labels), 200, kind="tokens").save(tmp_path / "tok.json")
+    shape = {**TINY, "num_tokens": 200, "max_height": 128, "max_width": 640, "max_seq_len": 256}
+    files = {"data": str(tmp_path / "train.pkl"), "valdata": str(tmp_path / "train.pkl"),
+             "tokenizer": str(tmp_path / "tok.json"), "batchsize": 4}
+    train_set, val_set, _ = load_datasets(config_from_dict({**SETTINGS, **shape, **files, "glyph_scale": 1.2}))
+    assert train_set.glyph_scale == val_set.glyph_scale == 1.2
+    assert load_datasets(config_from_dict({**SETTINGS, **shape, **files}))[0].glyph_scale == 1.0
+    with pytest.raises(ConfigError, match="^<dict>: glyph_scale must be a number from 0.5 to 2.0, got 2.5$"):
+        config_from_dict({**SETTINGS, **shape, **files, "glyph_scale": 2.5})

@@ -32,14 +32,14 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from pix2tex.config import ConfigError, check_corpus_weights
+from pix2tex.config import ConfigError, check_corpus_weights, check_glyph_scale
 from pix2tex.dataset.sampler import BatchSampler
 from pix2tex.dataset.samples import SampleTable, Size
 from pix2tex.dataset.transforms import test_transform, train_transform
 from pix2tex.fileio import FileReadError, atomic_path, read_limited
 from pix2tex.normalize import normalize
-from pix2tex.preprocess import (GLYPH_ESTIMATORS, MAX_FILE_BYTES, canvas_sizes, crop_to_content,
-                                estimate_glyph_height, prepare, to_batch)
+from pix2tex.preprocess import (DEFAULT_GLYPH_HEIGHT, GLYPH_ESTIMATORS, MAX_FILE_BYTES,
+                                canvas_sizes, crop_to_content, estimate_glyph_height, prepare, to_batch)
 from pix2tex.tokenizer import LatexTokenizer
 
 __all__ = [
@@ -231,7 +231,8 @@ class Im2LatexDataset:
                  min_dimensions: tuple[int, int] = (32, 32), pad: bool = False,
                  keep_smaller_batches: bool = False, test: bool = False, patch_size: int = 16,
                  seed: int = 42, corpus_weights: dict[str, float] | None = None, max_label_tokens: int = 0,
-                 augment_level: str = "full", length_pool: int = 0, glyph_estimator: str = "soft"):
+                 augment_level: str = "full", length_pool: int = 0, glyph_estimator: str = "soft",
+                 glyph_scale: float = 1.0):
         self.samples = SampleTable()
         self.skipped: Counter[str] = Counter()
         self.tokenizer_path: str | None = None
@@ -248,6 +249,9 @@ class Im2LatexDataset:
         # How the glyph heights were measured (pix2tex.preprocess.GLYPH_ESTIMATORS); a model trained
         # on them reads images measured the same way (its folder's meta.json says so).
         self.glyph_estimator = _check_glyph_estimator(glyph_estimator)
+        # Images are prepared with their glyphs glyph_scale x DEFAULT_GLYPH_HEIGHT pixels tall
+        # (training's config key glyph_scale; a model trained so reads at that size).
+        self.glyph_scale = _check_glyph_scale(glyph_scale)
         self.epoch = 0
         self._cursor = 0
         self._order: list[list[int]] = []
@@ -302,6 +306,7 @@ class Im2LatexDataset:
                 "pad": self.pad, "keep_smaller_batches": self.keep_smaller_batches, "test": self.test,
                 "patch_size": self.patch_size, "seed": self.seed,
                 "corpus_weights": dict(self.corpus_weights), "glyph_estimator": self.glyph_estimator,
+                "glyph_scale": self.glyph_scale,
             },
         }
 
@@ -377,16 +382,19 @@ class Im2LatexDataset:
 
     def update(self, **kwargs: Any) -> None:
         """Change iteration settings (batchsize, shuffle, pad, keep_smaller_batches, test,
-        max_seq_len, max_dimensions, min_dimensions, patch_size, seed, corpus_weights, tokenizer)."""
+        max_seq_len, max_dimensions, min_dimensions, patch_size, seed, corpus_weights, glyph_scale,
+        tokenizer)."""
         # corpus_weights is checked on its own below; glyph_estimator describes the stored glyph
         # heights (remeasure_glyphs changes it together with them).
-        allowed = set(_SETTING_TYPES) - {"corpus_weights", "glyph_estimator"}
+        allowed = set(_SETTING_TYPES) - {"corpus_weights", "glyph_estimator", "glyph_scale"}
         for key, value in kwargs.items():
             if key == "tokenizer":
                 if value is not None:
                     self.set_tokenizer(value)
             elif key == "corpus_weights":
                 self.corpus_weights = _check_weights(value or {})
+            elif key == "glyph_scale":
+                self.glyph_scale = _check_glyph_scale(value)
             elif key in allowed:
                 setattr(self, key, tuple(value) if key.endswith("dimensions") else value)
             else:
@@ -435,7 +443,7 @@ class Im2LatexDataset:
     # -- batching -------------------------------------------------------------------------------
     def prepared_size(self, index: int) -> Size:
         """(height, width) of the image after :func:`pix2tex.preprocess.prepare`, before the size limits."""
-        return self.samples.prepared_size(index)
+        return self.samples.prepared_size(index, self.glyph_scale)
 
     @property
     def sampler(self) -> BatchSampler:
@@ -446,7 +454,7 @@ class Im2LatexDataset:
             max_size=Size.from_wh(self.max_dimensions), min_size=Size.from_wh(self.min_dimensions),
             max_tokens=min(self.max_seq_len, self.max_label_tokens or self.max_seq_len),
             keep_smaller_batches=self.keep_smaller_batches, length_pool=self.length_pool,
-            corpus_weights=self.corpus_weights)
+            corpus_weights=self.corpus_weights, glyph_scale=self.glyph_scale)
 
     def eligible(self) -> list[int]:
         """Indices whose (prepared) image fits the size limits and whose label fits max_seq_len
@@ -524,6 +532,7 @@ class Im2LatexDataset:
             try:
                 image = prepare(Image.fromarray(image), patch_size=self.patch_size, max_height=max_size.height,
                                 max_width=max_size.width, glyph_height=self.samples.glyphs[i] or None,
+                                target_glyph_height=DEFAULT_GLYPH_HEIGHT * self.glyph_scale,
                                 glyph_estimator=self.glyph_estimator)
             except ValueError:  # no measurable ink left after augmentation: use it as it is
                 image = _fit(image, max_size)
@@ -555,7 +564,15 @@ _FIELD_TYPES = {"roots": (str,), "paths": (str,), "root_ids": (int,), "widths": 
 _SETTING_TYPES = {"shuffle": (bool,), "batchsize": (int,), "max_seq_len": (int,), "max_dimensions": (list, tuple),
                   "min_dimensions": (list, tuple), "pad": (bool,), "keep_smaller_batches": (bool,), "test": (bool,),
                   "patch_size": (int,), "seed": (int,), "corpus_weights": (dict,), "max_label_tokens": (int,),
-                  "augment_level": (str,), "length_pool": (int,), "glyph_estimator": (str,)}
+                  "augment_level": (str,), "length_pool": (int,), "glyph_estimator": (str,),
+                  "glyph_scale": (float, int)}
+
+
+def _check_glyph_scale(value: Any) -> float:
+    try:
+        return check_glyph_scale(value)
+    except ConfigError as exc:
+        raise DatasetError(str(exc)) from None
 
 
 def _check_glyph_estimator(name: str) -> str:

@@ -37,6 +37,7 @@ class BatchSampler:
     # A corpus of weight 3 is seen three times per epoch, one of weight 0.5 half the time;
     # unnamed corpora keep weight 1.
     corpus_weights: dict[str, float] = field(default_factory=dict)
+    glyph_scale: float = 1.0  # images are prepared with glyphs this many times DEFAULT_GLYPH_HEIGHT
 
     def eligible(self, table: SampleTable, lengths: Sequence[int] | None) -> list[int]:
         """Rows whose prepared image fits ``max_size`` and whose label (when ``lengths`` are
@@ -46,7 +47,7 @@ class BatchSampler:
     def _fitting(self, table: SampleTable, lengths: Sequence[int] | None) -> Iterator[tuple[int, Size]]:
         """(row, prepared size) of the eligible rows, in row order."""
         for i in range(len(table)):
-            size = table.prepared_size(i)
+            size = table.prepared_size(i, self.glyph_scale)
             if size.width > self.max_size.width or size.height > self.max_size.height:
                 continue
             if lengths is not None and lengths[i] > self.max_tokens:

@@ -74,11 +74,12 @@ class SampleTable:
         folder = Path(self.paths[index]).parent
         return folder.parent.name if folder.name == "images" else folder.name
 
-    def prepared_size(self, index: int) -> Size:
+    def prepared_size(self, index: int, glyph_scale: float = 1.0) -> Size:
         """The size the image will have after :func:`pix2tex.preprocess.prepare`, before shrinking
-        to the size limits: its ink scaled to the training glyph height, plus margins."""
+        to the size limits: its ink scaled to the training glyph height (``glyph_scale`` times
+        ``DEFAULT_GLYPH_HEIGHT``), plus margins."""
         glyph = self.glyphs[index]
-        scale = DEFAULT_GLYPH_HEIGHT / glyph if glyph else 1.0
+        scale = DEFAULT_GLYPH_HEIGHT * glyph_scale / glyph if glyph else 1.0
         return Size(round(self.heights[index] * scale) + 2 * MARGIN, round(self.widths[index] * scale) + 2 * MARGIN)
 
     # -- whole tables --------------------------------------------------------------------------
