@@ -118,43 +118,44 @@ def test_set_overrides_reach_the_config_and_bad_ones_are_one_line_errors(tmp_pat
     assert "needs 'data'" in capsys.readouterr().err
 
 
-def test_validation_data_must_measure_glyphs_as_the_training_data_does(tmp_path):
-    """A validation set sized by another glyph estimator would be read at other sizes than training."""
+def _eight_sample_run(tmp_path) -> tuple[Im2LatexDataset, dict]:
+    """train.pkl of 8 real images (glyphs measured "soft"), a tokenizer for them, and the settings
+    of a tiny model trained on it (without valdata)."""
     from pix2tex.dataset.dataset import read_labels
-    from pix2tex.train import load_datasets
 
     rows = read_labels(SAMPLE / "labels.tsv")[:8]
     (tmp_path / "labels.tsv").write_text("".join(f"{SAMPLE / rel}\t{latex}\n" for rel, latex in rows))
     ds = Im2LatexDataset(tmp_path / "labels.tsv", "/")
     ds.save(tmp_path / "train.pkl")
-    ds.remeasure_glyphs("stroke")
-    ds.save(tmp_path / "val_stroke.pkl")
     LatexTokenizer.train(list(ds.labels), 200, kind="tokens").save(tmp_path / "tok.json")
     shape = {**TINY, "num_tokens": 200, "max_height": 128, "max_width": 640, "max_seq_len": 256}
     files = {"data": str(tmp_path / "train.pkl"), "tokenizer": str(tmp_path / "tok.json"), "batchsize": 4}
-    config = config_from_dict({**SETTINGS, **shape, **files, "valdata": str(tmp_path / "train.pkl")})
+    return ds, {**SETTINGS, **shape, **files}
+
+
+def test_validation_data_must_measure_glyphs_as_the_training_data_does(tmp_path):
+    """A validation set sized by another glyph estimator would be read at other sizes than training."""
+    from pix2tex.train import load_datasets
+
+    ds, settings = _eight_sample_run(tmp_path)
+    ds.remeasure_glyphs("stroke")
+    ds.save(tmp_path / "val_stroke.pkl")
+    config = config_from_dict({**settings, "valdata": str(tmp_path / "train.pkl")})
     train_set, val_set, _ = load_datasets(config)
     assert train_set.glyph_estimator == val_set.glyph_estimator == "soft"
-    config = config_from_dict({**SETTINGS, **shape, **files, "valdata": str(tmp_path / "val_stroke.pkl")})
+    config = config_from_dict({**settings, "valdata": str(tmp_path / "val_stroke.pkl")})
     with pytest.raises(ConfigError, match=r"val_stroke\.pkl measures glyphs with 'stroke', .*train\.pkl with 'soft'"):
         load_datasets(config)
 
 
 def test_glyph_scale_reaches_both_datasets_and_is_checked(tmp_path):
     """The config's glyph_scale sizes training and validation images alike; out of range it is refused."""
-    from pix2tex.dataset.dataset import read_labels
     from pix2tex.train import load_datasets
 
-    rows = read_labels(SAMPLE / "labels.tsv")[:8]
-    (tmp_path / "labels.tsv").write_text("".join(f"{SAMPLE / rel}\t{latex}\n" for rel, latex in rows))
-    ds = Im2LatexDataset(tmp_path / "labels.tsv", "/")
-    ds.save(tmp_path / "train.pkl")
-    LatexTokenizer.train(list(ds.labels), 200, kind="tokens").save(tmp_path / "tok.json")
-    shape = {**TINY, "num_tokens": 200, "max_height": 128, "max_width": 640, "max_seq_len": 256}
-    files = {"data": str(tmp_path / "train.pkl"), "valdata": str(tmp_path / "train.pkl"),
-             "tokenizer": str(tmp_path / "tok.json"), "batchsize": 4}
-    train_set, val_set, _ = load_datasets(config_from_dict({**SETTINGS, **shape, **files, "glyph_scale": 1.2}))
+    _, settings = _eight_sample_run(tmp_path)
+    settings["valdata"] = str(tmp_path / "train.pkl")
+    train_set, val_set, _ = load_datasets(config_from_dict({**settings, "glyph_scale": 1.2}))
     assert train_set.glyph_scale == val_set.glyph_scale == 1.2
-    assert load_datasets(config_from_dict({**SETTINGS, **shape, **files}))[0].glyph_scale == 1.0
+    assert load_datasets(config_from_dict(settings))[0].glyph_scale == 1.0
     with pytest.raises(ConfigError, match="^<dict>: glyph_scale must be a number from 0.5 to 2.0, got 2.5$"):
-        config_from_dict({**SETTINGS, **shape, **files, "glyph_scale": 2.5})
+        config_from_dict({**settings, "glyph_scale": 2.5})
