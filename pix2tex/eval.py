@@ -28,8 +28,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from pix2tex.checkpoint import CheckpointError, load_model_folder
-from pix2tex.checkpoint import glyph_scale as folder_glyph_scale
+from pix2tex.checkpoint import CheckpointError, load_model_folder, glyph_scale as folder_glyph_scale
 from pix2tex.dataset.dataset import DatasetError, Im2LatexDataset, read_labels
 from pix2tex.fileio import atomic_write_text
 from pix2tex.inference import LatexOCR

@@ -384,8 +384,8 @@ class Im2LatexDataset:
         """Change iteration settings (batchsize, shuffle, pad, keep_smaller_batches, test,
         max_seq_len, max_dimensions, min_dimensions, patch_size, seed, corpus_weights, glyph_scale,
         tokenizer)."""
-        # corpus_weights is checked on its own below; glyph_estimator describes the stored glyph
-        # heights (remeasure_glyphs changes it together with them).
+        # corpus_weights and glyph_scale are checked on their own below; glyph_estimator describes
+        # the stored glyph heights (remeasure_glyphs changes it together with them).
         allowed = set(_SETTING_TYPES) - {"corpus_weights", "glyph_estimator", "glyph_scale"}
         for key, value in kwargs.items():
             if key == "tokenizer":
