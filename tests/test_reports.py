@@ -48,16 +48,26 @@ def test_curve_continues_cpu_hours_across_stages_and_plots(tmp_path, capsys):
                                  {"step": 20, "loss": 2.0, "cpu_s": 3600.0},
                                  {"step": 20, "val_bleu": 0.2, "val_edit_distance": 0.8}]),
                         ("two", [{"step": 5, "loss": 1.5, "cpu_s": 1800.0},
-                                 {"step": 5, "val_bleu": 0.3, "val_edit_distance": 0.7}])):
+                                 {"step": 5, "val_bleu": 0.3, "val_edit_distance": 0.7}]),
+                        # resumed from two's state at step 5: its count continues two's 1800 s
+                        ("three", [{"step": 8, "loss": 1.4, "cpu_s": 2700.0},
+                                   {"step": 8, "val_bleu": 0.4, "val_edit_distance": 0.6}])):
         (tmp_path / name).mkdir()
         (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     png = tmp_path / "curve.png"
-    assert curve.main([str(tmp_path / "one"), str(tmp_path / "two"), "--png", str(png)]) == 0
+    stages = [str(tmp_path / name) for name in ("one", "two", "three")]
+    assert curve.main([*stages, "--fork", stages[2], "--png", str(png)]) == 0
     points = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(p["stage"], p["step"], p["cpu_hours"], p["val_bleu"]) for p in points] == [
-        ("one", 10, 0.5, 0.1), ("one", 20, 1.0, 0.2), ("two", 5, 1.5, 0.3)]
+        ("one", 10, 0.5, 0.1), ("one", 20, 1.0, 0.2), ("two", 5, 1.5, 0.3), ("three", 8, 1.75, 0.4)]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Without --fork, three's count would be added after two's end.
+    assert curve.main(stages) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["cpu_hours"] == 2.25
     assert curve.main([str(tmp_path / "missing")]) == 2
+    with pytest.raises(SystemExit):  # a fork must be one of the later stages
+        curve.main([stages[0], "--fork", stages[0]])
+    assert "--fork" in capsys.readouterr().err
 
 
 def test_glyph_scale_picks_the_best_mean_bleu_and_spreads_its_sample():
