@@ -176,6 +176,11 @@ class TrainConfig:
     # of the widest formulas (max_dimensions_filter).
     glyph_scale: float = 1.0
     log_every: int = 10  # steps between metric lines in metrics.jsonl
+    # Keep an exponential moving average of the weights, updated after every step (0: off).  The
+    # model folders (best/, last/) then hold the averaged weights, validated as such; last.pt keeps
+    # both.  0.999 averages over about the last 1,000 steps: late in a run, while the learning rate
+    # is still high, the average reads better than the weights of any one step (docs/RESULTS.md).
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("Adam", "AdamW"):
@@ -186,6 +191,8 @@ class TrainConfig:
             raise ConfigError("scheduler WarmupCosine needs max_steps (the length of its cosine)")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.warmup_steps < 0 or self.max_label_tokens < 0 or self.length_pool < 0:
             raise ConfigError("warmup_steps, max_label_tokens and length_pool must be >= 0")
         if self.augment_level not in ("light", "full"):

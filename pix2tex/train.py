@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 import yaml
+from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
 from pix2tex.checkpoint import (CheckpointError, load_model_folder, load_resume_state, read_folder_files,
@@ -151,6 +152,7 @@ def validate(model: Model, dataset: Im2LatexDataset, tokenizer: LatexTokenizer, 
     """Greedy-decode up to ``max_batches`` batches; return scores and (prediction, reference) pairs."""
     from pix2tex.eval import read_dataset
 
+    was_training = model.training
     model.eval()
     fused = model.encoder.fused_attention
     model.encoder.use_fused_attention(True)  # decoding runs in fp32, where the fused kernel is the faster
@@ -161,7 +163,7 @@ def validate(model: Model, dataset: Im2LatexDataset, tokenizer: LatexTokenizer, 
         predictions += preds
         references += refs
     model.encoder.use_fused_attention(fused)
-    model.train()
+    model.train(was_training)
     return score(predictions, references), list(zip(predictions, references))
 
 
@@ -255,12 +257,15 @@ class CheckpointWriter:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     is_main: bool
+    ema: ModelEmaV3 | None = None  # with ema_decay: the folders get its weights, last.pt both
 
     def folder(self, name: str, meta: dict[str, Any]) -> None:
         if self.is_main:
-            save_model_folder(self.run_dir / name, self.model, self.config.model, self.tokenizer, meta)
+            weights = self.model if self.ema is None else self.ema.module
+            save_model_folder(self.run_dir / name, weights, self.config.model, self.tokenizer, meta)
 
-    def state(self, *, step: int, epoch: int, batch: int, best_bleu: float, cpu_seconds: float) -> None:
+    def state(self, *, step: int, epoch: int, batch: int, best_bleu: float, cpu_seconds: float,
+              ema_updates: int = 0) -> None:
         """``last.pt``: ``batch`` is the next batch of ``epoch`` to train on."""
         if self.is_main:
             save_resume_state(self.run_dir / "last.pt", {
@@ -268,6 +273,7 @@ class CheckpointWriter:
                 "scheduler": self.scheduler.state_dict(), "step": step, "epoch": epoch, "batch": batch,
                 "best_bleu": best_bleu, "rng": _rng_state(), "config": self.config.to_dict(),
                 "cpu_seconds": cpu_seconds,
+                **({} if self.ema is None else {"ema": self.ema.module.state_dict(), "ema_updates": ema_updates}),
             })
 
 
@@ -361,6 +367,7 @@ def _train(config: Config, resume: bool, device: torch.device, progress: bool, d
     scheduler = build_scheduler(optimizer, config, total_steps)
     step, epoch, start_batch, best_bleu = 0, 0, 0, -1.0
     cpu_before = 0.0  # CPU seconds of earlier processes of this run (resume)
+    ema_state, ema_updates = None, 0
 
     if state is not None:
         check_resumable(state["config"], config)
@@ -369,6 +376,7 @@ def _train(config: Config, resume: bool, device: torch.device, progress: bool, d
         scheduler.load_state_dict(state["scheduler"])
         step, epoch, start_batch, best_bleu = state["step"], state["epoch"], state["batch"], state["best_bleu"]
         cpu_before = float(state.get("cpu_seconds", 0.0))  # absent in states written before it was kept
+        ema_state, ema_updates = state.get("ema"), int(state.get("ema_updates", 0))
         _set_rng_state(state["rng"])
         state = None  # the saved tensors are in the model and optimizer now: free the copies
         if ddp.is_main:
@@ -378,6 +386,19 @@ def _train(config: Config, resume: bool, device: torch.device, progress: bool, d
         model.load_state_dict(_weights_from(t.load_chkpt))
         if ddp.is_main:
             print(f"loaded weights from {t.load_chkpt}", file=sys.stderr)
+    ema = None
+    if t.ema_decay:
+        # With warmup_power 1 the decay of update k is min(1 - 1/k, ema_decay): a plain average of
+        # all updates so far until about 1/(1 - ema_decay) of them, so a new average (a new run, or
+        # a resumed one that had none) never leans on the weights it started from.
+        ema = ModelEmaV3(model, decay=t.ema_decay, use_warmup=True, warmup_gamma=1.0, warmup_power=1.0)
+        if ema_state is not None:
+            ema.module.load_state_dict(ema_state)
+        else:
+            ema_updates = 0
+            if step and ddp.is_main:
+                print(f"ema_decay {t.ema_decay}: the average of the weights starts at step {step}", file=sys.stderr)
+    ema_state = None
     # Only rank 0 writes: config, metrics, model folders and resume states.
     if ddp.is_main:
         save_config(config, run_dir / "config.yaml")
@@ -394,10 +415,11 @@ def _train(config: Config, resume: bool, device: torch.device, progress: bool, d
     if use_bf16 and device.type == "cpu":
         model.encoder.use_fused_attention(False)  # same arithmetic; the fused kernel's bf16 backward is slow here
 
-    writer = CheckpointWriter(run_dir, model, config, tokenizer, optimizer, scheduler, ddp.is_main)
+    writer = CheckpointWriter(run_dir, model, config, tokenizer, optimizer, scheduler, ddp.is_main, ema)
 
     def save_state(epoch_: int, batch_: int) -> None:
-        writer.state(step=step, epoch=epoch_, batch=batch_, best_bleu=best_bleu, cpu_seconds=cpu_seconds())
+        writer.state(step=step, epoch=epoch_, batch=batch_, best_bleu=best_bleu, cpu_seconds=cpu_seconds(),
+                     ema_updates=ema_updates)
 
     stop = {"requested": False}
 
@@ -425,6 +447,9 @@ def _train(config: Config, resume: bool, device: torch.device, progress: bool, d
                 loss, lr = train_step(net, model, batch, optimizer, scheduler, t=t, ddp=ddp, device=device,
                                       use_bf16=use_bf16)
                 step += 1
+                if ema is not None:
+                    ema_updates += 1
+                    ema.update(model, step=ema_updates)
                 batch_index += 1
                 now = time.perf_counter()
                 rate = batch.images.shape[0] / max(now - tick, 1e-9)  # samples of the global batch
@@ -446,9 +471,16 @@ def _train(config: Config, resume: bool, device: torch.device, progress: bool, d
                     meta: dict[str, Any] = {"step": step, "epoch": epoch, "glyph_scale": t.glyph_scale,
                                             "glyph_estimator": train_set.glyph_estimator}
                     if val_set is not None and len(val_set) and ddp.is_main:
-                        scores, samples = validate(model, val_set, tokenizer, t.valbatches, device)
-                        logger.log({"step": step, "epoch": epoch, **{f"val_{k}": v for k, v in scores.as_dict().items()}})
-                        bar.write(f"step {step}: {scores}")
+                        # val_* score the weights the folders hold (the average, with ema_decay)
+                        record: dict[str, Any] = {"step": step, "epoch": epoch}
+                        if ema is not None:
+                            raw, _ = validate(model, val_set, tokenizer, t.valbatches, device)
+                            record.update({f"raw_val_{k}": v for k, v in raw.as_dict().items()})
+                            bar.write(f"step {step}, weights of this step: {raw}")
+                        scores, samples = validate(model if ema is None else ema.module, val_set, tokenizer,
+                                                   t.valbatches, device)
+                        logger.log({**record, **{f"val_{k}": v for k, v in scores.as_dict().items()}})
+                        bar.write(f"step {step}{'' if ema is None else ', average'}: {scores}")
                         for pred, ref in samples[: t.test_samples]:
                             bar.write(f"  ref  {ref}\n  pred {pred}")
                         meta["val"] = scores.as_dict()

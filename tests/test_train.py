@@ -159,3 +159,38 @@ def test_glyph_scale_reaches_both_datasets_and_is_checked(tmp_path):
     assert load_datasets(config_from_dict(settings))[0].glyph_scale == 1.0
     with pytest.raises(ConfigError, match="^<dict>: glyph_scale must be a number from 0.5 to 2.0, got 2.5$"):
         config_from_dict({**settings, "glyph_scale": 2.5})
+
+
+def test_ema_folders_hold_the_average_of_the_steps_weights_and_resume_continues_it(tmp_path):
+    """With ema_decay the model folders hold the running average of the weights after each step (a
+    plain mean until 1/(1 - decay) steps); last.pt keeps it, so resumed runs continue the same mean."""
+    from safetensors.torch import load_file
+
+    from pix2tex.train import train
+
+    _, settings = _eight_sample_run(tmp_path)
+    settings = {**settings, "model_path": str(tmp_path / "runs"), "name": "ema", "ema_decay": 0.9,
+                "sample_freq": 1, "augment": False, "max_steps": 4}
+    run = tmp_path / "runs" / "ema"
+    raw = []
+    for step in range(1, 5):  # one step per process: each resumes the last one's state
+        train(config_from_dict({**settings, "max_steps": step}), resume=step > 1, device=torch.device("cpu"),
+              progress=False)
+        state = load_resume_state(run / "last.pt")
+        assert state["step"] == step and state["ema_updates"] == step
+        raw.append(state["model"])
+    mean = {k: sum(r[k].float() for r in raw) / 4 for k in raw[0] if raw[0][k].is_floating_point()}
+    assert all(torch.allclose(state["ema"][k], mean[k], atol=1e-6) for k in mean)
+    assert any(not torch.allclose(state["ema"][k], raw[-1][k]) for k in mean)  # not the last step's weights
+    folder = load_file(run / "last" / "model.safetensors")
+    assert all(torch.equal(folder[k], state["ema"][k]) for k in folder)
+
+    # A state written without an average (ema_decay was 0) resumes into a new one from its weights.
+    del state["ema"], state["ema_updates"]
+    torch.save(state, run / "last.pt")
+    train(config_from_dict({**settings, "max_steps": 5}), resume=True, device=torch.device("cpu"), progress=False)
+    state = load_resume_state(run / "last.pt")
+    assert state["ema_updates"] == 1
+    assert all(torch.equal(state["ema"][k], state["model"][k]) for k in state["model"])
+    with pytest.raises(ConfigError, match="ema_decay must be in"):
+        config_from_dict({**settings, "ema_decay": 1.0})
