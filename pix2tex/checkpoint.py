@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +189,29 @@ def check_glyph_estimator(value: Any, source: str | None = None) -> str:
 
 
 # -- resume states -------------------------------------------------------------------------------------
+def average_folders(paths: Sequence[str | os.PathLike]):
+    """(model, config, tokenizer, meta) whose weights are the mean of the model folders' weights.
+
+    The folders must share model settings and tokenizer (steps of one run).  meta is the last
+    folder's, with ``averaged_steps`` listing the folders' steps and without the validation scores
+    of the last one alone."""
+    model, config, tokenizer, meta = load_model_folder(paths[-1])
+    states, steps = [], []
+    for path in paths[:-1]:
+        other, other_config, other_tokenizer, other_meta = load_model_folder(path)
+        if other_config != config or other_tokenizer.to_str() != tokenizer.to_str():
+            raise CheckpointError(f"{path}: model settings or tokenizer differ from {paths[-1]}; "
+                                  "only steps of one run can be averaged")
+        states.append(other.state_dict())
+        steps.append(other_meta.get("step"))
+    with torch.no_grad():
+        for key, value in model.state_dict().items():
+            if value.is_floating_point():
+                value.copy_(torch.stack([value, *(s[key] for s in states)]).mean(0))
+    meta = {k: v for k, v in meta.items() if k != "val"} | {"averaged_steps": [*steps, meta.get("step")]}
+    return model, config, tokenizer, meta
+
+
 def save_resume_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """Write a resume state atomically (tensors and plain containers only)."""
     with atomic_path(path) as tmp:
@@ -232,15 +256,19 @@ def load_resume_state(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pix2tex.checkpoint SRC DST [--fp16] [--glyph-scale F] [--glyph-estimator NAME]``:
-    copy a model folder, optionally in half precision, with the glyph size it reads best at and the
-    way it measures glyphs (how the bundled model is made from a training run's ``best`` folder)."""
+    """``python -m pix2tex.checkpoint SRC DST [--average FOLDER ...] [--fp16] [--glyph-scale F]
+    [--glyph-estimator NAME]``: copy a model folder, optionally averaged with other steps of its run
+    and in half precision, with the glyph size it reads best at and the way it measures glyphs (how
+    the bundled model is made from a training run's model folders)."""
     import argparse
     import sys
 
     parser = argparse.ArgumentParser(prog="python -m pix2tex.checkpoint", description=main.__doc__)
     parser.add_argument("src", help="model folder, e.g. checkpoints/default/best")
     parser.add_argument("dst", help="target folder, e.g. pix2tex/model/checkpoints/default")
+    parser.add_argument("--average", action="append", default=[], metavar="FOLDER",
+                        help="average SRC's weights with this model folder's (another step of the same "
+                             "run; repeatable); meta.json lists the steps")
     parser.add_argument("--fp16", action="store_true", help="store floating-point weights as float16")
     parser.add_argument("--glyph-scale", type=float, metavar="F",
                         help="glyph size to read at, times the default training size (python -m benchmarks.glyph_scale)")
@@ -248,7 +276,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="how input glyphs are measured (pix2tex.preprocess.GLYPH_ESTIMATORS)")
     args = parser.parse_args(argv)
     try:
-        model, config, tokenizer, meta = load_model_folder(args.src)
+        if args.average:
+            model, config, tokenizer, meta = average_folders([*args.average, args.src])
+        else:
+            model, config, tokenizer, meta = load_model_folder(args.src)
         if args.glyph_scale is not None:
             meta = {**meta, "glyph_scale": check_glyph_scale(args.glyph_scale, "--glyph-scale")}
         if args.glyph_estimator is not None:

@@ -106,6 +106,30 @@ def test_glyph_estimator_is_set_on_copy_and_checked_on_load(tmp_path, tokenizer,
             load_model_folder(tmp_path / "dst")
 
 
+def test_average_of_steps_is_the_mean_of_their_weights(tmp_path, tokenizer, capsys):
+    torch.manual_seed(0)
+    steps = {step: get_model(CFG) for step in (100, 200, 300)}
+    for step, model in steps.items():
+        save_model_folder(tmp_path / str(step), model, CFG, tokenizer, {"step": step, "val": {"bleu": 0.5}})
+    assert main([str(tmp_path / "300"), str(tmp_path / "avg"), "--average", str(tmp_path / "100"),
+                 "--average", str(tmp_path / "200")]) == 0
+    averaged, config, tok, meta = load_model_folder(tmp_path / "avg")
+    assert config == CFG and tok.to_str() == tokenizer.to_str()
+    assert meta == {"step": 300, "averaged_steps": [100, 200, 300]}  # one step's scores would mislead
+    states = [m.state_dict() for m in steps.values()]
+    for key, value in averaged.state_dict().items():
+        expected = (states[0][key] + states[1][key] + states[2][key]) / 3
+        assert torch.allclose(value, expected, atol=1e-6), key
+    assert any(not torch.allclose(value, states[2][key]) for key, value in averaged.state_dict().items())
+    # Another run's model (other settings) cannot be averaged in: one line, nothing written.
+    wider = ModelConfig(**{**CFG.__dict__, "dim": 64})
+    save_model_folder(tmp_path / "other", get_model(wider), wider, tokenizer, {"step": 1})
+    assert main([str(tmp_path / "300"), str(tmp_path / "bad"), "--average", str(tmp_path / "other")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "model settings or tokenizer differ" in err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_resume_state_round_trip_and_refuses_code(tmp_path):
     model = get_model(CFG)
     opt = torch.optim.AdamW(model.parameters())
