@@ -15,6 +15,7 @@ from pix2tex.config import ConfigError, ModelConfig
 from pix2tex.models import Generation, Model, count_parameters, get_model, model_summary
 from pix2tex.models.steps import LeanStep, LibraryStep
 from pix2tex.models.hybrid import min_patch_size
+from pix2tex.models.decoding import LOOP_MIN_TOKENS, cut_loop
 from pix2tex.models.transformer import generation_logprobs, top_k_filter, top_p_filter
 from pix2tex.normalize import normalize
 from pix2tex.tokenizer import BOS_ID, EOS_ID, PAD_ID, LatexTokenizer
@@ -238,17 +239,38 @@ def test_greedy_logprob_is_mean_token_logprob(hybrid):
     torch.testing.assert_close(gen.logprob, expected, rtol=1e-4, atol=1e-5)
 
 
-def biased_to_eos(model: Model, eos_bias: float) -> Model:
-    """A copy whose output layer adds ``eos_bias`` to the EOS logit."""
+def biased_to_eos(model: Model, eos_bias: float, token: int = EOS_ID) -> Model:
+    """A copy whose output layer adds ``eos_bias`` to the logit of ``token`` (EOS unless told)."""
     model = copy.deepcopy(model)
     old = model.decoder.net.to_logits
     head = torch.nn.Linear(old.in_features, old.out_features, bias=True)
     with torch.no_grad():
         head.weight.copy_(old.weight)
         head.bias.zero_()
-        head.bias[EOS_ID] = eos_bias
+        head.bias[token] = eos_bias
     model.decoder.net.to_logits = head
     return model
+
+
+def test_loops_are_cut_to_one_copy_of_their_block():
+    assert cut_loop([1, 2, 3] + [5] * 10) == [1, 2, 3, 5]  # "x = \\, \\, \\, …"
+    assert cut_loop([9] + [1, 2, 3] * 5 + [1]) == [9, 1, 2, 3]  # a period of 3, cut mid-block
+    assert cut_loop([6] * 3 + [1, 2] * 6) == [6, 6, 6, 1, 2]  # the longest repeating tail
+    for ids in ([1, 2, 5, 5, 5], [1, 2, 3, 4], [], [7, 1, 2] * 3, list(range(30))):
+        assert cut_loop(ids) == ids  # fewer than four copies, or no repeat at all
+    assert cut_loop([0] + list(range(1, 10)) * 4) == [0] + list(range(1, 10)) * 4  # blocks of 9 are not loops
+
+
+def test_a_decoder_that_loops_is_stopped_early_and_cut():
+    model = biased_to_eos(tiny_model("vit", max_seq_len=256), 1e4, token=7)  # always says token 7
+    images = torch.randn(2, 1, 32, 64)
+    for options in ({"use_cache": True}, {"use_cache": False}, {"temperature": 1.0}):
+        gen = model.generate(images, max_new_tokens=255, **options)
+        assert gen.ids.shape == (2, LOOP_MIN_TOKENS), options  # stopped after 32 copies, not 255
+        assert gen.ids[:, 0].tolist() == [7, 7] and (gen.ids[:, 1:] == PAD_ID).all()
+    # Beam search runs to its limit and is cut the same way.
+    beam = model.beam_search(images, beam_size=2, max_new_tokens=40)
+    assert beam.ids[:, 0].tolist() == [7, 7] and (beam.ids[:, 1:] == PAD_ID).all()
 
 
 def test_generation_stops_at_eos():

@@ -16,6 +16,14 @@ and ONNX steps share one cache layout, :class:`FlatCache`.
 Generation never emits PAD or BOS (they are never training targets), and the confidence it
 reports is the mean log-probability, under the model's own distribution (temperature 1, no
 filtering), of the tokens it chose, EOS included.
+
+A decoder that loops (most often on one spacing command, ``\\, \\, \\, …``, until the length limit)
+is stopped: a sequence whose last tokens repeat a block of at most ``LOOP_PERIOD`` tokens at least
+``LOOP_MIN_COPIES`` times over ``LOOP_MIN_TOKENS`` tokens or more ends there, without EOS, and keeps
+one copy of the block (:func:`cut_loop`); so does any sequence that reaches the length limit with
+a repeating tail.  Well-formed LaTeX does not repeat so (a row of nine zero cells, ``{ 0 } &`` x 9,
+is the nearest), and a reading that loops is wrong anyway: cut, it is shorter, closer to the
+truth and cheaper.  The confidence still counts every token chosen, the loop included.
 """
 
 from __future__ import annotations
@@ -31,8 +39,38 @@ from pix2tex.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 __all__ = [
     "Generation", "FlatCache", "StepCache", "DecoderStep", "generate", "beam_search", "check_max_new_tokens",
-    "top_k_filter", "top_p_filter", "generation_logprobs", "choose_tokens",
+    "top_k_filter", "top_p_filter", "generation_logprobs", "choose_tokens", "cut_loop",
 ]
+
+LOOP_PERIOD = 8  # a loop repeats a block of at most this many tokens…
+LOOP_MIN_COPIES = 8  # …at least this many times…
+LOOP_MIN_TOKENS = 32  # …over at least this many tokens (so a one-token block repeats 32 times)
+LOOP_WINDOW = max(LOOP_MIN_TOKENS, LOOP_MIN_COPIES * LOOP_PERIOD)  # the most tokens a loop test reads
+
+
+def _looping(tokens: Tensor) -> Tensor:
+    """[rows] bool: the rows of ``tokens`` [rows, T] whose last tokens are a loop (see the module doc)."""
+    looping = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
+    for period in range(1, LOOP_PERIOD + 1):
+        window = max(LOOP_MIN_TOKENS, LOOP_MIN_COPIES * period)
+        if window > tokens.shape[1]:
+            break  # the window only grows with the period
+        tail = tokens[:, -window:]
+        looping |= (tail[:, period:] == tail[:, :-period]).all(dim=1)
+    return looping
+
+
+def cut_loop(ids: list[int], min_copies: int = 4) -> list[int]:
+    """``ids`` with a repeating tail (a block of at most LOOP_PERIOD tokens, ``min_copies`` times or
+    more) cut to one copy of the block; unchanged without one.  The longest such tail is cut."""
+    keep = len(ids)
+    for period in range(1, LOOP_PERIOD + 1):
+        start = len(ids) - period  # walk back while the token a period later is the same
+        while start > 0 and ids[start - 1] == ids[start - 1 + period]:
+            start -= 1
+        if start >= 0 and len(ids) - start >= min_copies * period:
+            keep = min(keep, start + period)
+    return ids[:keep]
 
 
 @dataclass
@@ -173,6 +211,7 @@ def generate(step: DecoderStep, memory: Tensor, *, steps: int, memory_mask: Tens
     rows: Tensor | slice = slice(None)  # the batch rows of the sequences still decoding (all, until one leaves)
     last = torch.full((batch, 1), BOS_ID, dtype=torch.long, device=device)
     ended = torch.zeros(batch, dtype=torch.bool, device=device)
+    looped = torch.zeros(batch, dtype=torch.bool, device=device)
     shrink = shrink and stop_at_eos and temperature == 0.0
     cache = step.start(memory, memory_mask)
     width = 0
@@ -187,6 +226,11 @@ def generate(step: DecoderStep, memory: Tensor, *, steps: int, memory_mask: Tens
         width = t + 1
         if stop_at_eos:
             ended = ended | (nxt == EOS_ID)
+            if width >= LOOP_MIN_TOKENS:
+                loop = _looping(out[rows, max(0, width - LOOP_WINDOW) : width]) & ~ended
+                if bool(loop.any()):
+                    looped[torch.arange(batch, device=device)[rows][loop]] = True
+                    ended = ended | loop
             if bool(ended.all()):
                 break
             if shrink and bool(ended.any()):
@@ -195,7 +239,17 @@ def generate(step: DecoderStep, memory: Tensor, *, steps: int, memory_mask: Tens
                 nxt, ended = nxt[keep], ended[keep]
                 cache.keep_rows(keep)
         last = nxt[:, None]
-    return Generation(ids=out[:, :width], logprob=logprob_sum / length)
+    out = out[:, :width]
+    if stop_at_eos:  # loops stopped early, and sequences that ran to the limit repeating themselves
+        _cut_loops(out, looped | ((out != EOS_ID).all(dim=1) & (width == steps)))
+    return Generation(ids=out, logprob=logprob_sum / length)
+
+
+def _cut_loops(ids: Tensor, rows: Tensor) -> None:
+    """Cut the repeating tails of the ``rows`` (a [B] mask) of ``ids`` [B, L] in place (PAD after)."""
+    for b in rows.nonzero().flatten().tolist():
+        seq = ids[b][ids[b] != PAD_ID].tolist()
+        ids[b, len(cut_loop(seq)):] = PAD_ID
 
 
 Hypotheses = list[list[tuple[float, float, list[int]]]]  # per image: (score, logprob sum, ids)
@@ -255,7 +309,9 @@ def beam_search(step: DecoderStep, memory: Tensor, *, beam_size: int, steps: int
                 total = float(scores[b, j])
                 if total > float("-inf"):
                     finished[b].append((total / steps ** length_penalty, total, tokens[b * k + j, 1:].tolist()))
-    return _best_hypotheses(finished, device)
+    best = _best_hypotheses(finished, device)
+    _cut_loops(best.ids, (best.ids != EOS_ID).all(dim=1))
+    return best
 
 
 def _finish_eos(finished: Hypotheses, done: list[bool], tokens: Tensor, top_sum: Tensor, top_beam: Tensor,
