@@ -174,6 +174,35 @@ def _weights_from(path: str) -> dict[str, torch.Tensor]:
     return load_resume_state(path)["model"]
 
 
+# The learned position tables: the encoder's (one code per patch of the largest canvas) and the
+# decoder's (one per token of max_seq_len).
+POSITION_TABLES = ("encoder.vit.patch_embed.pos_embed", "decoder.net.pos_emb.emb.weight")
+
+
+def fit_position_tables(state: dict[str, torch.Tensor], model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """``state`` with each position table smaller than ``model``'s placed in the leading (top-left)
+    part of the model's own table; returns it and the names of the tables fitted.
+
+    This lets ``load_chkpt`` start a model with a larger canvas (max_height, max_width) or a longer
+    max_seq_len from a smaller one's weights: every position the old table covers keeps its code,
+    so what fitted the old model reads exactly as before, and the new positions keep their fresh
+    initialisation until training teaches them.  Tables that are larger, or differ in another
+    way, are left for ``load_state_dict`` to refuse.
+    """
+    own = model.state_dict()
+    fitted, names = dict(state), []
+    for key in POSITION_TABLES:
+        if key not in state or key not in own or state[key].shape == own[key].shape:
+            continue
+        old, new = state[key], own[key].detach().clone()
+        if old.dim() != new.dim() or any(o > n for o, n in zip(old.shape, new.shape)) or old.shape[-1] != new.shape[-1]:
+            continue
+        new[tuple(slice(0, size) for size in old.shape)] = old
+        fitted[key] = new
+        names.append(f"{key} {tuple(old.shape)} -> {tuple(new.shape)}")
+    return fitted, names
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (oneDNN's check: avx512_bf16 or AMX)."""
     try:
@@ -383,9 +412,12 @@ def _train(config: Config, resume: bool, device: torch.device, progress: bool, d
             print(f"resumed {run_dir / 'last.pt'} at step {step} (epoch {epoch}, batch {start_batch})",
                   file=sys.stderr)
     elif t.load_chkpt is not None:
-        model.load_state_dict(_weights_from(t.load_chkpt))
+        weights, widened = fit_position_tables(_weights_from(t.load_chkpt), model)
+        model.load_state_dict(weights)
         if ddp.is_main:
             print(f"loaded weights from {t.load_chkpt}", file=sys.stderr)
+            for table in widened:
+                print(f"  position table widened: {table}", file=sys.stderr)
     ema = None
     if t.ema_decay:
         # With warmup_power 1 the decay of update k is min(1 - 1/k, ema_decay): a plain average of

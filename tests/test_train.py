@@ -19,7 +19,7 @@ from pix2tex.models import get_model
 from pix2tex.tokenizer import LatexTokenizer
 from pix2tex.train import (CheckpointWriter, build_optimizer, build_scheduler, check_resumable, main,
                            train_step)
-from tests.helpers import SAMPLE, TINY
+from tests.helpers import SAMPLE, TINY, tiny_model
 
 SETTINGS = {"optimizer": "AdamW", "scheduler": "WarmupCosine", "max_lr": 1e-3, "min_lr": 1e-5, "warmup_steps": 2,
             "max_steps": 10, "batchsize": 6}
@@ -194,3 +194,36 @@ def test_ema_folders_hold_the_average_of_the_steps_weights_and_resume_continues_
     assert all(torch.equal(state["ema"][k], state["model"][k]) for k in state["model"])
     with pytest.raises(ConfigError, match="ema_decay must be in"):
         config_from_dict({**settings, "ema_decay": 1.0})
+
+
+def test_load_chkpt_into_a_larger_canvas_reads_what_fitted_before_exactly(tmp_path, capsys):
+    """A model with a wider canvas and longer sequences, started from a smaller one's weights,
+    reads an image that fitted the small one exactly as it did; its new positions are still fresh."""
+    from pix2tex.checkpoint import save_model_folder
+    from pix2tex.train import POSITION_TABLES, fit_position_tables, train
+
+    small = tiny_model("hybrid")  # canvas 64x128, max_seq_len 24
+    large = tiny_model("hybrid", seed=1, max_width=192, max_seq_len=40)
+    fresh = copy.deepcopy(large.state_dict())
+    weights, fitted = fit_position_tables(small.state_dict(), large)
+    assert len(fitted) == 2 and all(any(f.startswith(key) for f in fitted) for key in POSITION_TABLES)
+    large.load_state_dict(weights)
+    images = torch.rand(3, 1, 64, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(large.encoder(images), small.encoder(images))
+    assert torch.equal(large.generate(images, max_new_tokens=23).ids, small.generate(images, max_new_tokens=23).ids)
+    table = large.state_dict()[POSITION_TABLES[0]]
+    assert torch.equal(table[:, :, 128 // 16:], fresh[POSITION_TABLES[0]][:, :, 128 // 16:])  # the new columns
+    # The other way round (a smaller model from a larger one) is not fitted: loading refuses it.
+    weights, fitted = fit_position_tables(large.state_dict(), small)
+    assert fitted == []
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        small.load_state_dict(weights)
+
+    # Training does so for load_chkpt: a 640-pixel-wide run starts from a 320-pixel-wide model folder.
+    _, settings = _eight_sample_run(tmp_path)
+    narrow = config_from_dict({**settings, "max_width": 320}).model
+    save_model_folder(tmp_path / "narrow", get_model(narrow), narrow, LatexTokenizer.load(tmp_path / "tok.json"))
+    train(config_from_dict({**settings, "load_chkpt": str(tmp_path / "narrow"), "max_steps": 1,
+                            "model_path": str(tmp_path / "runs")}), device=torch.device("cpu"), progress=False)
+    assert f"position table widened: {POSITION_TABLES[0]} (1, 8, 20, 32) -> (1, 8, 40, 32)" in capsys.readouterr().err
