@@ -422,7 +422,7 @@ def _train(config: Config, resume: bool, device: torch.device, progress: bool, d
     if t.ema_decay:
         # With warmup_power 1 the decay of update k is min(1 - 1/k, ema_decay): a plain average of
         # all updates so far until about 1/(1 - ema_decay) of them, so a new average (a new run, or
-        # a resumed one that had none) never leans on the weights it started from.
+        # a resumed one that had none) weighs the weights it started from no more than any later step's.
         ema = ModelEmaV3(model, decay=t.ema_decay, use_warmup=True, warmup_gamma=1.0, warmup_power=1.0)
         if ema_state is not None:
             ema.module.load_state_dict(ema_state)
