@@ -211,7 +211,6 @@ def generate(step: DecoderStep, memory: Tensor, *, steps: int, memory_mask: Tens
     rows: Tensor | slice = slice(None)  # the batch rows of the sequences still decoding (all, until one leaves)
     last = torch.full((batch, 1), BOS_ID, dtype=torch.long, device=device)
     ended = torch.zeros(batch, dtype=torch.bool, device=device)
-    looped = torch.zeros(batch, dtype=torch.bool, device=device)
     shrink = shrink and stop_at_eos and temperature == 0.0
     cache = step.start(memory, memory_mask)
     width = 0
@@ -227,10 +226,7 @@ def generate(step: DecoderStep, memory: Tensor, *, steps: int, memory_mask: Tens
         if stop_at_eos:
             ended = ended | (nxt == EOS_ID)
             if width >= LOOP_MIN_TOKENS:
-                loop = _looping(out[rows, max(0, width - LOOP_WINDOW) : width]) & ~ended
-                if bool(loop.any()):
-                    looped[torch.arange(batch, device=device)[rows][loop]] = True
-                    ended = ended | loop
+                ended = ended | _looping(out[rows, max(0, width - LOOP_WINDOW) : width])
             if bool(ended.all()):
                 break
             if shrink and bool(ended.any()):
@@ -240,8 +236,8 @@ def generate(step: DecoderStep, memory: Tensor, *, steps: int, memory_mask: Tens
                 cache.keep_rows(keep)
         last = nxt[:, None]
     out = out[:, :width]
-    if stop_at_eos:  # loops stopped early, and sequences that ran to the limit repeating themselves
-        _cut_loops(out, looped | ((out != EOS_ID).all(dim=1) & (width == steps)))
+    if stop_at_eos:  # a sequence without EOS was stopped as a loop or ran to the limit
+        _cut_loops(out, (out != EOS_ID).all(dim=1))
     return Generation(ids=out, logprob=logprob_sum / length)
 
 
