@@ -188,7 +188,6 @@ def check_glyph_estimator(value: Any, source: str | None = None) -> str:
     return value
 
 
-# -- resume states -------------------------------------------------------------------------------------
 def average_folders(paths: Sequence[str | os.PathLike]):
     """(model, config, tokenizer, meta) whose weights are the mean of the model folders' weights.
 
@@ -212,6 +211,7 @@ def average_folders(paths: Sequence[str | os.PathLike]):
     return model, config, tokenizer, meta
 
 
+# -- resume states -------------------------------------------------------------------------------------
 def save_resume_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """Write a resume state atomically (tensors and plain containers only)."""
     with atomic_path(path) as tmp:
