@@ -38,7 +38,7 @@ from safetensors.torch import load_file, save_file
 from pix2tex.config import (MAX_SETTINGS_BYTES, ConfigError, ModelConfig, config_from_dict, read_settings_yaml,
                             check_glyph_scale as _check_scale)
 from pix2tex.fileio import FileReadError, atomic_path, read_limited, replace_folder
-from pix2tex.preprocess import GLYPH_ESTIMATORS
+from pix2tex.preprocess import GLYPH_ESTIMATORS, check_glyph_estimator as _check_estimator
 from pix2tex.tokenizer import LatexTokenizer, TokenizerError
 
 __all__ = [
@@ -181,11 +181,10 @@ def glyph_estimator(meta: dict[str, Any], source: str | None = META) -> str:
 
 def check_glyph_estimator(value: Any, source: str | None = None) -> str:
     """``value`` as a glyph estimator name; CheckpointError unless it is one of GLYPH_ESTIMATORS."""
-    if not isinstance(value, str) or value not in GLYPH_ESTIMATORS:
-        where = f"{source}: " if source else ""
-        raise CheckpointError(f"{where}glyph_estimator must be one of {', '.join(GLYPH_ESTIMATORS)}, "
-                              f"got {value!r}")
-    return value
+    try:
+        return _check_estimator(value)
+    except ValueError as exc:
+        raise CheckpointError(f"{source}: {exc}" if source else str(exc)) from None
 
 
 def average_folders(paths: Sequence[str | os.PathLike]):

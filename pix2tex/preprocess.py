@@ -35,7 +35,7 @@ __all__ = [
     "ImageLoadError", "BlankImageError",
     "MAX_PIXELS", "DEFAULT_GLYPH_HEIGHT", "MARGIN",
     "load_image", "to_gray", "invert_if_dark", "normalize_contrast", "crop_to_content", "ink_content",
-    "component_sizes", "estimate_glyph_height", "GLYPH_ESTIMATORS", "prepare", "to_batch", "canvas_sizes", "MEAN", "STD", "MAX_FILE_BYTES",
+    "component_sizes", "estimate_glyph_height", "check_glyph_estimator", "GLYPH_ESTIMATORS", "prepare", "to_batch", "canvas_sizes", "MEAN", "STD", "MAX_FILE_BYTES",
 ]
 
 MAX_PIXELS = 60_000_000
@@ -486,6 +486,14 @@ here: as the size measure itself it had proved renderer-dependent (blurry render
 ``python -m benchmarks.glyph_estimators``."""
 
 
+def check_glyph_estimator(name: object) -> str:
+    """``name`` if it is one of :data:`GLYPH_ESTIMATORS`, else ValueError (the one rule that
+    checkpoint meta, dataset files and command lines are checked by)."""
+    if not isinstance(name, str) or name not in GLYPH_ESTIMATORS:
+        raise ValueError(f"glyph_estimator must be one of {', '.join(GLYPH_ESTIMATORS)}, got {name!r}")
+    return name
+
+
 def estimate_glyph_height(gray: np.ndarray, method: str = "soft") -> float | None:
     """Typical glyph height (px) of dark-ink-on-white, contrast-normalised ``gray``, or ``None``.
 
@@ -499,8 +507,7 @@ def estimate_glyph_height(gray: np.ndarray, method: str = "soft") -> float | Non
     unweighted statistics (IQR/median 0.12 vs 0.17-0.22).  Images above 4 MP are measured on a
     downscaled copy (their glyphs are large anyway).
     """
-    if method not in GLYPH_ESTIMATORS:
-        raise ValueError(f"glyph estimator must be one of {', '.join(GLYPH_ESTIMATORS)}, got {method!r}")
+    check_glyph_estimator(method)
     factor = 1
     if gray.size > _MAX_ANALYSIS_PIXELS:
         factor = math.ceil(math.sqrt(gray.size / _MAX_ANALYSIS_PIXELS))

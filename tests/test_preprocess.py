@@ -361,7 +361,7 @@ def test_stroke_estimate_barely_moves_with_bolder_or_blurrier_ink() -> None:
         stroke_growth = np.median(heights("stroke", change) / stroke) - 1
         assert soft_growth > 0.15  # what "soft" does (+29 % and +24 % here)
         assert abs(stroke_growth) < 0.6 * soft_growth
-    with pytest.raises(ValueError, match="glyph estimator must be one of soft, stroke, got 'x'"):
+    with pytest.raises(ValueError, match="glyph_estimator must be one of soft, stroke, got 'x'"):
         estimate_glyph_height(grays[0], "x")
 
 

@@ -38,7 +38,7 @@ from pix2tex.dataset.samples import SampleTable, Size
 from pix2tex.dataset.transforms import test_transform, train_transform
 from pix2tex.fileio import FileReadError, atomic_path, read_limited
 from pix2tex.normalize import normalize
-from pix2tex.preprocess import (DEFAULT_GLYPH_HEIGHT, GLYPH_ESTIMATORS, MAX_FILE_BYTES,
+from pix2tex.preprocess import (DEFAULT_GLYPH_HEIGHT, GLYPH_ESTIMATORS, MAX_FILE_BYTES, check_glyph_estimator,
                                 canvas_sizes, crop_to_content, estimate_glyph_height, prepare, to_batch)
 from pix2tex.tokenizer import LatexTokenizer
 
@@ -576,9 +576,10 @@ def _check_glyph_scale(value: Any) -> float:
 
 
 def _check_glyph_estimator(name: str) -> str:
-    if name not in GLYPH_ESTIMATORS:
-        raise DatasetError(f"glyph_estimator must be one of {', '.join(GLYPH_ESTIMATORS)}, got {name!r}")
-    return name
+    try:
+        return check_glyph_estimator(name)
+    except ValueError as exc:
+        raise DatasetError(str(exc)) from None
 
 
 def _check_fields(data: dict, filename: str) -> None:
