@@ -26,7 +26,7 @@ from pix2tex.dataset.render import render_images
 from pix2tex.normalize import normalize
 
 FORMULAS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "formulas"
-FILES = ("im2latex_val", "k12_exam", "hme100k", "chem_units")
+FILES = ("im2latex_val", "k12_exam", "hme100k", "chem_units", "arxiv_display_math", "im2latex170k_arxiv2018")
 # Arguments typeset in text mode, where spaces matter and normalize() drops them.
 TEXT_MODE = re.compile(r"\\(text[a-z]*|mbox|hbox|emph|fbox|framebox|makebox|parbox)(?![A-Za-z])")
 _CHUNK = 100
