@@ -434,7 +434,9 @@ def test_tiny_model_memorises_real_formulas(sample_dir):
     model = get_model(ModelConfig(encoder_structure="vit", channels=1, dim=64, encoder_depth=1, heads=4,
                                   num_layers=2, num_tokens=tokenizer.vocab_size, patch_size=16,
                                   max_height=32, max_width=128, max_seq_len=48))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    # 1e-3: at 3e-3 the loss swung (0.08 after 300 steps, 0.20 after 400) once the labels changed
+    # (normalization folded their braces); at 1e-3 it ends near 0.012 for seeds 0, 1 and 2.
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.train()
     for _ in range(300):
         optimizer.zero_grad()

@@ -63,8 +63,11 @@ def test_micro_batches_give_the_same_step_as_the_whole_batch(real_batch):
     assert float(whole) == pytest.approx(float(split), rel=1e-5)
     assert lr_whole == lr_split == pytest.approx(5e-4)  # warm-up: half the peak on the first of 2 steps
     assert any(not torch.equal(before[k], after_whole[k]) for k in before)  # the step moved weights
+    # AdamW's first step divides each gradient by its own size, so float-summation differences in a
+    # gradient near zero come out ~1e-6 (2e-6 in 1 of 65,536 weights); a lost or mis-weighted
+    # micro-batch moves weights by up to the learning rate, 5e-4.
     for key in after_whole:
-        assert torch.allclose(after_whole[key], after_split[key], atol=1e-6), key
+        assert torch.allclose(after_whole[key], after_split[key], atol=1e-5), key
 
 
 @pytest.mark.slow
