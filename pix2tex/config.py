@@ -42,6 +42,10 @@ _MODEL_LIMITS = {"channels": 4, "dim": 4096, "encoder_depth": 64, "heads": 64, "
                  "max_seq_len": 16384}
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The network: encoder (hybrid ResNetV2+ViT or plain ViT) and Transformer decoder."""
@@ -207,6 +211,23 @@ class TrainConfig:
             raise ConfigError(f"micro_batchsize must be -1 or positive, got {self.micro_batchsize}")
         if len(self.betas) != 2:
             raise ConfigError(f"betas must have two values, got {self.betas}")
+        # The optimiser's numbers: a NaN or infinite learning rate trains to NaN weights without an
+        # error, and zero or a negative one trains nothing or backwards, so all are refused here.
+        # min_lr may be 0 (a cosine that ends at rest is common); it must stay below max_lr.
+        for name in ("lr", "max_lr", "gamma", "pct_start"):
+            if not _finite(getattr(self, name)) or getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be a positive finite number, got {getattr(self, name)}")
+        for name in ("min_lr", "weight_decay", "clip_grad"):
+            if not _finite(getattr(self, name)) or getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if self.gamma > 1:
+            raise ConfigError(f"gamma must be at most 1 (a decay per lr_step), got {self.gamma}")
+        if self.pct_start >= 1:
+            raise ConfigError(f"pct_start must be below 1 (the warm-up share of OneCycleLR), got {self.pct_start}")
+        if self.min_lr >= self.max_lr and self.scheduler == "WarmupCosine":
+            raise ConfigError(f"min_lr ({self.min_lr}) must be below max_lr ({self.max_lr})")
+        if not all(_finite(b) and 0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas}")
         check_corpus_weights(self.corpus_weights)
 
     @property

@@ -10,7 +10,8 @@ from pix2tex.config import ConfigError, config_from_dict, load_config, save_conf
 SETTINGS = Path(__file__).resolve().parents[1] / "pix2tex" / "model" / "settings"
 
 
-@pytest.mark.parametrize("name", ["config-hybrid.yaml", "config-vit.yaml", "debug.yaml", "default.yaml"])
+@pytest.mark.parametrize("name", ["config-hybrid.yaml", "config-vit.yaml", "debug.yaml", "default.yaml",
+                                  "recipe.yaml", "continue.yaml"])
 def test_bundled_settings_validate(name):
     config = load_config(SETTINGS / name, check_files=False)
     assert config.model.dim % config.model.heads == 0
@@ -37,6 +38,23 @@ def test_values_are_typed():
     ({"corpus_weights": [1, 2]}, "'corpus_weights' must be a mapping"),
     ({"corpus_weights": {"im2latex_val": -1}}, "corpus_weights: weight of 'im2latex_val' must be a number >= 0"),
     ({"corpus_weights": {"k12": "many"}}, "corpus_weights: weight of 'k12' must be a number >= 0"),
+    ({"lr": float("nan")}, "lr must be a positive finite number, got nan"),
+    ({"lr": "nan"}, "lr must be a positive finite number, got nan"),  # as --set lr=nan gives it
+    ({"max_lr": float("inf")}, "max_lr must be a positive finite number, got inf"),
+    ({"max_lr": 0}, "max_lr must be a positive finite number, got 0"),
+    ({"lr": -1e-4}, "lr must be a positive finite number, got -0.0001"),
+    ({"min_lr": -1e-5}, "min_lr must be a finite number >= 0, got -1e-05"),
+    ({"min_lr": float("inf")}, "min_lr must be a finite number >= 0, got inf"),
+    ({"pct_start": 0}, "pct_start must be a positive finite number, got 0"),
+    ({"pct_start": 1.5}, "pct_start must be below 1"),
+    ({"gamma": 0}, "gamma must be a positive finite number, got 0"),
+    ({"gamma": 1.2}, "gamma must be at most 1"),
+    ({"weight_decay": float("nan")}, "weight_decay must be a finite number >= 0, got nan"),
+    ({"clip_grad": -1}, "clip_grad must be a finite number >= 0, got -1"),
+    ({"warmup_steps": -5}, "warmup_steps, max_label_tokens and length_pool must be >= 0"),
+    ({"betas": [0.9, 1.5]}, "betas must be two numbers in [0, 1), got [0.9, 1.5]"),
+    ({"scheduler": "WarmupCosine", "max_steps": 10, "max_lr": 1e-4, "min_lr": 1e-3},
+     "min_lr (0.001) must be below max_lr (0.0001)"),
 ])
 def test_bad_values_are_one_line_errors(raw, message):
     with pytest.raises(ConfigError) as info:
