@@ -7,12 +7,46 @@ seed runs with ``python -m`` (``pix2tex train --config X`` == ``python -m pix2te
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-__all__ = ["main", "predict_main"]
+__all__ = ["main", "predict_main", "expand_inputs", "read_stdin"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+
+
+def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(sources, problems): folders expanded to their images (sorted) and glob patterns to their
+    matches; other paths and ``-`` (stdin) kept as given, for the reader to report if they are
+    unreadable.  A folder with no image is a problem (one line naming it), not a silent success."""
+    sources: list[str] = []
+    problems: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if item != "-" and path.is_dir():
+            found = sorted(str(p) for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                problems.append(f"{item}: no images in this folder (looked for {', '.join(IMAGE_SUFFIXES)})")
+            sources += found
+        elif item != "-" and not path.exists() and any(ch in item for ch in "*?["):
+            matches = sorted(glob.glob(item, recursive=True))
+            sources += matches if matches else [item]  # no match: reported as a missing file
+        else:
+            sources.append(item)
+    return sources, problems
+
+
+def read_stdin(limit: int) -> bytes | str:
+    """Standard input's bytes, or the one-line reason it was refused.  At most ``limit`` + 1 bytes
+    are read, so an endless stream (``< /dev/zero``) is refused without filling memory."""
+    data = sys.stdin.buffer.read(limit + 1)
+    if len(data) > limit:
+        return f"<stdin>: more than {limit:,} bytes, over the {limit:,}-byte limit for an image"
+    return data
 
 
 def predict_main(argv: Sequence[str]) -> int:
@@ -55,10 +89,23 @@ def predict_main(argv: Sequence[str]) -> int:
 
     from pix2tex.checkpoint import CheckpointError
     from pix2tex.fileio import printable_name
-    from pix2tex.inference import LatexOCR, expand_inputs
+    from pix2tex.inference import LatexOCR
+    from pix2tex.preprocess import MAX_FILE_BYTES
 
-    sources = expand_inputs(args.images)
-    inputs = [sys.stdin.buffer.read() if s == "-" else s for s in sources]
+    sources, problems = expand_inputs(args.images)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if not sources:
+        return 1
+    names = ["<stdin>" if s == "-" else s for s in sources]
+    inputs: list[str | bytes] = list(sources)
+    refused: dict[int, str] = {}  # input index -> why it was not read
+    for k in (k for k, s in enumerate(sources) if s == "-"):
+        data = read_stdin(MAX_FILE_BYTES)
+        if isinstance(data, str):
+            refused[k] = data
+        else:
+            inputs[k] = data
     try:
         ocr = LatexOCR(args.checkpoint, device=args.device, beam=args.beam, batch_size=args.batch_size,
                        rescale=not args.no_rescale, engine=args.engine, threads=args.threads,
@@ -67,18 +114,20 @@ def predict_main(argv: Sequence[str]) -> int:
     except (CheckpointError, ValueError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    with tqdm(total=len(inputs), disable=len(inputs) <= 3 or not sys.stderr.isatty(), desc="predict") as bar:
-        results = ocr.predict(inputs, progress=bar)
-    failed = 0
-    for source, result in zip(sources, results):
-        name = "<stdin>" if source == "-" else source
-        if result.error is not None:
+    readable = [k for k in range(len(inputs)) if k not in refused]
+    with tqdm(total=len(readable), disable=len(readable) <= 3 or not sys.stderr.isatty(), desc="predict") as bar:
+        read = ocr.predict([inputs[k] for k in readable], names=[names[k] for k in readable], progress=bar)
+    results = dict(zip(readable, read))
+    failed = len(problems)
+    for k, name in enumerate(names):
+        error = refused[k] if k in refused else results[k].error
+        if error is not None:
             failed += 1
-            message = result.error.replace("<image 0>", name) if source == "-" else result.error
-            print(f"error: {message}", file=sys.stderr)
+            print(f"error: {error}", file=sys.stderr)
             if args.format == "json":
-                print(json.dumps({"path": name, "latex": None, "error": message}))
+                print(json.dumps({"path": name, "latex": None, "error": error}))
             continue
+        result = results[k]
         if args.format == "json":
             print(json.dumps({"path": name, "latex": result.latex, "confidence": round(result.confidence, 4),
                               "seconds": round(result.seconds, 4)}))

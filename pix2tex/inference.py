@@ -190,9 +190,9 @@ class LatexOCR:
         ``name`` is what error messages call the image (default: its path, or "<bytes>")."""
         return self._prepare_at(self._load(img, name), self.glyph_scale)
 
-    def _prepare_all(self, img: ImageSource) -> list[np.ndarray]:
+    def _prepare_all(self, img: ImageSource, name: str | None = None) -> list[np.ndarray]:
         """The model inputs for one image, one per reading scale (the image is decoded once)."""
-        loaded = self._load(img)
+        loaded = self._load(img, name)
         return [self._prepare_at(loaded, scale) for scale in self.scales]
 
     def _load(self, img: ImageSource, name: str | None = None) -> Image.Image:
@@ -204,19 +204,25 @@ class LatexOCR:
                        rescale=self.rescale, target_glyph_height=DEFAULT_GLYPH_HEIGHT * scale,
                        glyph_estimator=self.glyph_estimator)
 
-    def predict(self, images: Sequence[ImageSource], *, progress: Iterable | None = None) -> list[Prediction]:
+    def predict(self, images: Sequence[ImageSource], *, names: Sequence[str] | None = None,
+                progress: Iterable | None = None) -> list[Prediction]:
         """Predict many images; unreadable ones get ``error`` set and do not stop the others.
 
-        ``progress``: an optional callable-free tqdm-like object with ``update(n)``.
+        ``names``: what results and error messages call each image (default: its path, or
+        "<image K>" for bytes and PIL images).  ``progress``: an optional tqdm-like object with
+        ``update(n)``.
         """
+        if names is not None and len(names) != len(images):
+            raise ValueError(f"{len(names)} names for {len(images)} images")
+        names = [_name(img, k) for k, img in enumerate(images)] if names is None else list(names)
         results: list[Prediction | None] = [None] * len(images)
         prepared: list[tuple[int, list[np.ndarray], float]] = []
         for k, img in enumerate(images):
             start = time.perf_counter()
             try:
-                prepared.append((k, self._prepare_all(img), time.perf_counter() - start))
+                prepared.append((k, self._prepare_all(img, names[k]), time.perf_counter() - start))
             except (ValueError, OSError) as exc:
-                results[k] = Prediction(_name(img, k), None, error=image_error(exc, _name(img, k)))
+                results[k] = Prediction(names[k], None, error=image_error(exc, names[k]))
                 if progress is not None:
                     progress.update(1)
         n = len(self.scales)
@@ -225,7 +231,7 @@ class LatexOCR:
         for j, (k, _, prep_s) in enumerate(prepared):
             mine = readings[j * n : (j + 1) * n]
             text, conf, _ = mine[consensus([r[0] for r in mine]) if n > 1 else 0]
-            results[k] = Prediction(_name(images[k], k), text, conf, prep_s + sum(r[2] for r in mine))
+            results[k] = Prediction(names[k], text, conf, prep_s + sum(r[2] for r in mine))
         return [r for r in results if r is not None]
 
     def read(self, arrays: Sequence[np.ndarray], *,
@@ -292,21 +298,3 @@ class LatexOCR:
         memory = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
         positions = torch.arange(memory.shape[1], device=memory.device)
         return memory, positions[None, :] < torch.tensor(lengths, device=memory.device)[:, None]
-
-
-def expand_inputs(inputs: Sequence[str]) -> list[str]:
-    """Expand folders (their images, sorted) and glob patterns; keep other paths as given."""
-    import glob
-
-    suffixes = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
-    out: list[str] = []
-    for item in inputs:
-        path = Path(item)
-        if item != "-" and path.is_dir():
-            out += sorted(str(p) for p in path.iterdir() if p.suffix.lower() in suffixes)
-        elif item != "-" and not path.exists() and any(ch in item for ch in "*?["):
-            matches = sorted(glob.glob(item, recursive=True))
-            out += matches if matches else [item]
-        else:
-            out.append(item)
-    return out

@@ -15,7 +15,8 @@ from PIL import Image
 
 from pix2tex.checkpoint import save_model_folder
 from pix2tex.config import ModelConfig
-from pix2tex.inference import LatexOCR, expand_inputs
+from pix2tex.cli import expand_inputs
+from pix2tex.inference import LatexOCR
 from pix2tex.models.model import get_model
 from pix2tex.normalize import normalize
 from pix2tex.preprocess import prepare
@@ -92,10 +93,45 @@ def test_beam_and_batching_do_not_change_greedy_results(model_dir, images):
 def test_expand_inputs(images, tmp_path):
     good, _ = images
     folder = good[0].parent
-    listed = expand_inputs([str(folder)])
-    assert str(good[0]) in listed and all(p.endswith(".png") for p in listed)
-    assert expand_inputs([str(folder / "with*.png")]) == [str(good[0])]
-    assert expand_inputs(["-", str(tmp_path / "missing.png")]) == ["-", str(tmp_path / "missing.png")]
+    listed, problems = expand_inputs([str(folder)])
+    assert str(good[0]) in listed and all(p.endswith(".png") for p in listed) and problems == []
+    assert expand_inputs([str(folder / "with*.png")]) == ([str(good[0])], [])
+    assert expand_inputs(["-", str(tmp_path / "missing.png")]) == (["-", str(tmp_path / "missing.png")], [])
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no image here")
+    sources, problems = expand_inputs([str(tmp_path / "empty"), str(good[0])])
+    assert sources == [str(good[0])] and len(problems) == 1
+    assert problems[0].startswith(f"{tmp_path / 'empty'}: no images in this folder")
+
+
+def test_cli_predict_says_when_a_folder_holds_no_image(model_dir, images, tmp_path):
+    good, _ = images
+    (tmp_path / "empty").mkdir()
+    r = _cli("predict", str(tmp_path / "empty"), "--checkpoint", str(model_dir))
+    assert r.returncode == 1 and r.stdout == b""
+    assert r.stderr.decode().strip() == (f"error: {tmp_path / 'empty'}: no images in this folder "
+                                         "(looked for .png, .jpg, .jpeg, .webp, .bmp, .tif, .tiff, .gif)")
+    r = _cli("predict", str(tmp_path / "empty"), str(good[0]), "--checkpoint", str(model_dir))
+    assert r.returncode == 1 and r.stdout.decode().strip() == LatexOCR(model_dir, device="cpu")(good[0])
+
+
+def test_cli_predict_stdin_stops_reading_past_the_limit_and_names_it_once(model_dir, images):
+    """Standard input is read to at most the limit plus one byte (an endless stream is refused, not
+    buffered), and its errors name it "<stdin>" once."""
+    from pix2tex.preprocess import MAX_FILE_BYTES
+
+    good, _ = images
+    with open("/dev/zero", "rb") as endless:
+        r = subprocess.run([sys.executable, "-m", "pix2tex.cli", "predict", "-", str(good[0]), "--checkpoint",
+                            str(model_dir)], cwd=REPO, capture_output=True, stdin=endless, timeout=300)
+    assert r.returncode == 1
+    assert r.stderr.decode().strip() == (f"error: <stdin>: more than {MAX_FILE_BYTES:,} bytes, over the "
+                                         f"{MAX_FILE_BYTES:,}-byte limit for an image")
+    assert r.stdout.decode().strip() == f"{good[0]}\t{LatexOCR(model_dir, device='cpu')(good[0])}"
+    r = _cli("predict", "-", "--checkpoint", str(model_dir), stdin=b"not an image")
+    assert r.returncode == 1
+    error = r.stderr.decode().strip()
+    assert error.startswith("error: <stdin>: ") and error.count("<stdin>") == 1 and "<bytes>" not in error
 
 
 def _cli(*args, stdin=None):
