@@ -31,6 +31,7 @@ import torch
 import yaml
 from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
+from x_transformers.x_transformers import Attention, FeedForward
 
 from pix2tex.checkpoint import (CheckpointError, load_model_folder, load_resume_state, read_folder_files,
                                 save_model_folder, save_resume_state)
@@ -201,6 +202,47 @@ def fit_position_tables(state: dict[str, torch.Tensor], model: torch.nn.Module) 
         fitted[key] = new
         names.append(f"{key} {tuple(old.shape)} -> {tuple(new.shape)}")
     return fitted, names
+
+
+DECODER_LAYERS = "decoder.net.attn_layers.layers."
+
+
+def _output_projections(block: torch.nn.Module) -> list[torch.nn.Linear]:
+    """The linear layers whose output a decoder block adds to the residual stream."""
+    if isinstance(block, Attention):
+        return [m for m in block.to_out.modules() if isinstance(m, torch.nn.Linear)]
+    if isinstance(block, FeedForward):
+        return [m for m in block.ff if isinstance(m, torch.nn.Linear)][-1:]
+    return []
+
+
+def grow_decoder(state: dict[str, torch.Tensor], model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], int]:
+    """``state`` completed with the decoder blocks ``model`` has beyond those of ``state``; returns
+    it and the number of blocks added (0 when the depths match or the checkpoint is deeper).
+
+    The added blocks (stacked on top of the old ones) keep their fresh initialisation except their
+    output projections, which start at zero: each block then adds nothing to the residual stream,
+    so the grown model computes exactly what the checkpoint did, and training starts from the
+    checkpoint's function rather than from a perturbed one.  Gradients still reach the zeroed
+    projections (their input is not zero), so the new blocks start learning at the first step.
+    """
+    def block_index(key: str) -> int | None:
+        return int(key[len(DECODER_LAYERS):].split(".", 1)[0]) if key.startswith(DECODER_LAYERS) else None
+
+    old = {i for i in map(block_index, state) if i is not None}
+    layers = model.decoder.net.attn_layers.layers
+    if not old or len(layers) <= max(old) + 1:
+        return state, 0
+    first_new = max(old) + 1
+    zero = {id(p) for i in range(first_new, len(layers)) for lin in _output_projections(layers[i][1])
+            for p in lin.parameters()}
+    params = dict(model.named_parameters())
+    grown = dict(state)
+    for key, value in model.state_dict().items():
+        index = block_index(key)
+        if index is not None and index >= first_new:
+            grown[key] = torch.zeros_like(value) if key in params and id(params[key]) in zero else value.clone()
+    return grown, len(layers) - first_new
 
 
 def cpu_has_native_bf16() -> bool:
@@ -413,11 +455,14 @@ def _train(config: Config, resume: bool, device: torch.device, progress: bool, d
                   file=sys.stderr)
     elif t.load_chkpt is not None:
         weights, widened = fit_position_tables(_weights_from(t.load_chkpt), model)
+        weights, added = grow_decoder(weights, model)
         model.load_state_dict(weights)
         if ddp.is_main:
             print(f"loaded weights from {t.load_chkpt}", file=sys.stderr)
             for table in widened:
                 print(f"  position table widened: {table}", file=sys.stderr)
+            if added:
+                print(f"  decoder grown by {added} blocks (output projections at zero)", file=sys.stderr)
     ema = None
     if t.ema_decay:
         # With warmup_power 1 the decay of update k is min(1 - 1/k, ema_decay): a plain average of

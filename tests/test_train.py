@@ -230,3 +230,35 @@ def test_load_chkpt_into_a_larger_canvas_reads_what_fitted_before_exactly(tmp_pa
     train(config_from_dict({**settings, "load_chkpt": str(tmp_path / "narrow"), "max_steps": 1,
                             "model_path": str(tmp_path / "runs")}), device=torch.device("cpu"), progress=False)
     assert f"position table widened: {POSITION_TABLES[0]} (1, 8, 20, 32) -> (1, 8, 40, 32)" in capsys.readouterr().err
+
+
+def test_load_chkpt_into_a_deeper_decoder_reads_exactly_as_before_and_the_new_blocks_learn(tmp_path, capsys):
+    """Decoder blocks stacked on a checkpoint's start with their output projections at zero: the
+    grown model writes exactly the checkpoint's logits, and one training step moves the new blocks."""
+    from pix2tex.checkpoint import save_model_folder
+    from pix2tex.train import DECODER_LAYERS, grow_decoder, train
+
+    shallow = tiny_model("hybrid")  # 2 decoder layers: 6 blocks (self-attention, cross-attention, feed-forward)
+    deep = tiny_model("hybrid", seed=1, num_layers=4)
+    weights, added = grow_decoder(shallow.state_dict(), deep)
+    assert added == 6
+    deep.load_state_dict(weights)
+    images = torch.rand(3, 1, 64, 128, generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(3, 40, (3, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        memory = shallow.encoder(images)
+        assert torch.equal(deep.decoder(ids, memory), shallow.decoder(ids, memory))
+    assert torch.equal(deep.generate(images, max_new_tokens=23).ids, shallow.generate(images, max_new_tokens=23).ids)
+    assert grow_decoder(deep.state_dict(), shallow)[1] == 0  # a deeper checkpoint is never cut down
+
+    # Through training: a 4-layer run from a 2-layer model folder says so, and its new blocks move.
+    _, settings = _eight_sample_run(tmp_path)
+    small = config_from_dict(settings).model
+    save_model_folder(tmp_path / "shallow", get_model(small), small, LatexTokenizer.load(tmp_path / "tok.json"))
+    result = train(config_from_dict({**settings, "num_layers": 4, "load_chkpt": str(tmp_path / "shallow"),
+                                     "max_steps": 1, "model_path": str(tmp_path / "runs")}),
+                   device=torch.device("cpu"), progress=False)
+    assert "decoder grown by 6 blocks (output projections at zero)" in capsys.readouterr().err
+    trained = load_model_folder(result.run_dir / "last")[0].state_dict()
+    new_out = [k for k in trained if k.startswith(f"{DECODER_LAYERS}6.") and "to_out" in k]
+    assert new_out and all(trained[k].abs().sum() > 0 for k in new_out)
