@@ -521,5 +521,35 @@ def test_glyph_heights_remeasured_with_another_estimator(tmp_path):
     with pytest.raises(TypeError, match="unknown setting 'glyph_estimator'"):
         soft.update(glyph_estimator="stroke")  # the heights would not match the name
     r = run("--remeasure", str(tmp_path / "soft.pkl"), "-e", str(labels), "-o", str(tmp_path / "x.pkl"))
-    assert r.returncode == 2 and "give either -e" in r.stderr
+    assert r.returncode == 2 and "give one of -e" in r.stderr
+
+
+def test_combined_datasets_keep_their_image_folders_and_corpora(tmp_path):
+    """--combine writes one training set whose samples still load from their own folders and are
+    told apart by corpus; datasets measured with different glyph estimators are refused."""
+    run = lambda *a: subprocess.run([sys.executable, "-m", "pix2tex.dataset.dataset", *a], cwd=REPO,
+                                    capture_output=True, text=True)
+    parts = []
+    for name, n, estimator in (("papers", 5, "stroke"), ("school", 3, "stroke"), ("other", 2, "soft")):
+        folder = tmp_path / name
+        folder.mkdir()
+        _, lines = _copy_images(folder, n)
+        # Paths relative to the image folder name the corpus: <corpus>/images/<file>.
+        (folder / "labels.tsv").write_text("".join(f"{name}/images/{line}\n" for line in lines))
+        parts.append(tmp_path / f"{name}.pkl")
+        r = run("-i", str(tmp_path), "-e", str(folder / "labels.tsv"), "--glyph-estimator", estimator,
+                "-o", str(parts[-1]))
+        assert r.returncode == 0, r.stderr
+    r = run("--combine", str(parts[0]), str(parts[1]), "-o", str(tmp_path / "both.pkl"))
+    assert r.returncode == 0, r.stderr
+    assert "8 samples (papers 5, school 3)" in r.stdout
+    both = Im2LatexDataset.load(tmp_path / "both.pkl")
+    assert both.glyph_estimator == "stroke" and len(both.roots) == 2  # one per part, though they are equal
+    assert both.corpus_sizes() == {"papers": 5, "school": 3}
+    assert all(both.image_path(i).is_file() for i in range(len(both)))
+    parts_labels = [list(Im2LatexDataset.load(p).labels) for p in parts[:2]]
+    assert list(both.labels) == parts_labels[0] + parts_labels[1]
+    r = run("--combine", str(parts[0]), str(parts[2]), "-o", str(tmp_path / "mixed.pkl"))
+    assert r.returncode == 2 and "other.pkl: glyphs measured with 'soft'" in r.stderr
+    assert not (tmp_path / "mixed.pkl").exists()
 

@@ -12,6 +12,7 @@ Command line (seed)::
 
     python -m pix2tex.dataset.dataset -e LABELS… -s VOCAB_SIZE -o tokenizer.json   # tokenizer
     python -m pix2tex.dataset.dataset -i IMAGE_DIR -e LABELS -o OUT.pkl [--tokenizer T]  # dataset
+    python -m pix2tex.dataset.dataset --combine A.pkl B.pkl … -o OUT.pkl   # one training set of several
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from pix2tex.tokenizer import LatexTokenizer
 
 __all__ = [
     "DatasetError", "Im2LatexDataset", "BatchDataset", "Batch", "read_labels", "load_pickle",
-    "load_image_gray", "main",
+    "load_image_gray", "combine_files", "main",
 ]
 
 FORMAT_VERSION = 1
@@ -672,11 +673,30 @@ def collate_batch(batch: Batch) -> Batch:
 
 
 # -- command line -------------------------------------------------------------------------------------
+def combine_files(paths: Sequence[str | os.PathLike]) -> Im2LatexDataset:
+    """One dataset holding the samples of the dataset files ``paths``, in order, with the first
+    one's settings and tokenizer.  Their glyph heights must have been measured the same way (a
+    model is trained on one measure), and their tokenizers must be the same file or absent."""
+    first, *rest = [Im2LatexDataset.load(p) for p in paths]
+    tokenizer = first.tokenizer_path
+    for path, ds in zip(paths[1:], rest):
+        if ds.glyph_estimator != first.glyph_estimator:
+            raise DatasetError(f"{path}: glyphs measured with {ds.glyph_estimator!r}, {paths[0]} with "
+                               f"{first.glyph_estimator!r} (python -m pix2tex.dataset.dataset --remeasure)")
+        if None not in (tokenizer, ds.tokenizer_path) and Path(tokenizer).resolve() != Path(ds.tokenizer_path).resolve():
+            raise DatasetError(f"{path}: tokenizer {ds.tokenizer_path}, {paths[0]} has {tokenizer}")
+        first.combine(ds)
+        tokenizer = tokenizer or ds.tokenizer_path
+    first.tokenizer_path = tokenizer
+    return first
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pix2tex.dataset.dataset",
                                      description="Train a tokenizer (-e … -s N -o tokenizer.json), build a dataset "
                                                  "(-i IMAGES -e LABELS -o OUT.pkl) or measure a dataset's glyph "
-                                                 "heights again (--remeasure IN.pkl --glyph-estimator NAME -o OUT.pkl).")
+                                                 "heights again (--remeasure IN.pkl --glyph-estimator NAME -o OUT.pkl) "
+                                                 "or join datasets (--combine A.pkl B.pkl … -o OUT.pkl).")
     parser.add_argument("-i", "--images", help="image folder (builds a dataset)")
     parser.add_argument("-e", "--equations", nargs="+", help="labels.tsv or formula files")
     parser.add_argument("-o", "--out", required=True, help="output .pkl or tokenizer.json")
@@ -688,10 +708,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="how glyph heights are measured (pix2tex.preprocess.GLYPH_ESTIMATORS)")
     parser.add_argument("--remeasure", metavar="IN.pkl",
                         help="write IN.pkl with every glyph height measured again by --glyph-estimator")
+    parser.add_argument("--combine", nargs="+", metavar="IN.pkl",
+                        help="write the samples of all these datasets into one (each keeps its image folder, "
+                             "so corpus weights still tell them apart); their glyph estimators must match")
     args = parser.parse_args(argv)
-    if (args.remeasure is None) == (args.equations is None):
-        parser.error("give either -e (a tokenizer or a dataset to build) or --remeasure IN.pkl")
+    if sum(x is not None for x in (args.remeasure, args.equations, args.combine)) != 1:
+        parser.error("give one of -e (a tokenizer or a dataset to build), --remeasure IN.pkl or --combine IN.pkl…")
     try:
+        if args.combine is not None:
+            ds = combine_files(args.combine)
+            ds.save(args.out)
+            sizes = ", ".join(f"{name or '(root)'} {n}" for name, n in sorted(ds.corpus_sizes().items()))
+            print(f"wrote {args.out}: {len(ds)} samples ({sizes})")
+            return 0
         if args.remeasure is not None:
             ds = Im2LatexDataset.load(args.remeasure)
             unmeasured = ds.remeasure_glyphs(args.glyph_estimator)
