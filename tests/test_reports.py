@@ -1,5 +1,6 @@
-"""Reports on runs and models: benchmarks.compare (two models' predictions side by side) and
-benchmarks.curve (a staged run's learning curve)."""
+"""Reports on runs and models: benchmarks.compare (two models' predictions side by side),
+benchmarks.errors (where a model's readings go wrong) and benchmarks.curve (a staged run's
+learning curve)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,34 @@ def test_refuses_files_that_disagree_on_references(tmp_path, capsys):
     _write(tmp_path / "new.tsv", [("a.png", "x", "y")])
     assert main([str(tmp_path / "old.tsv"), str(tmp_path / "new.tsv")]) == 2
     assert "1 images have different references" in capsys.readouterr().err
+
+
+def test_error_table_counts_each_edit_once_and_groups_images_by_structure(tmp_path, capsys):
+    from benchmarks import errors
+
+    refs = [r"\frac { a } { b }", r"\sum _ { i = 1 } ^ { n } x _ { i } ^ { \prime }", r"\hat { x } = y",
+            r"\left( x \right)"]
+    preds = [r"\frac { a } { b }",                    # exact
+             r"\sum _ { i = 1 } ^ { n } x _ { i }",  # misses "^ { \prime }": 4 deletions
+             r"\bar { x } = y",                       # one substitution
+             r"\left( x \right) ,"]                   # one insertion
+    _write(tmp_path / "p.tsv", [(f"{k}.png", p, r) for k, (p, r) in enumerate(zip(preds, refs))])
+    assert errors.main([str(tmp_path / "p.tsv"), "--json"]) == 0
+    table = json.loads(capsys.readouterr().out)
+    edits = table["edits"]
+    assert (edits["delete"]["total"], edits["insert"]["total"], edits["replace"]["total"]) == (4, 1, 1)
+    assert dict(edits["replace"]["top"]) == {r"\hat → \bar": 1} and dict(edits["insert"]["top"]) == {",": 1}
+    assert dict(edits["delete"]["top"])[r"\prime"] == 1
+    rows = {r["group"]: r for r in table["by_structure"]}
+    assert rows["fraction"]["images"] == 1 and rows["fraction"]["exact"] == 1
+    assert rows["fraction"]["share_of_edit_distance"] == 0
+    assert rows["big operator with limits"]["images"] == rows["prime"]["images"] == 1
+    assert rows["accent"]["images"] == 1 and r"\left … \right" in rows
+    shares = [rows[g]["share_of_edit_distance"] for g in ("big operator with limits", "accent", r"\left … \right")]
+    assert sum(shares) == pytest.approx(1.0, abs=1e-3)  # each image here has one structure
+    assert sum(r["images"] for r in table["by_length"]) == 4
+    assert errors.main([str(tmp_path / "missing.tsv")]) == 2
+    assert "missing.tsv" in capsys.readouterr().err
 
 
 def test_curve_continues_cpu_hours_across_stages_and_plots(tmp_path, capsys):
