@@ -165,44 +165,74 @@ class BodyTooLarge(Exception):
 
 
 class BodyLimit:
-    """ASGI middleware: a request body over ``max_bytes`` gets 413 before it is parsed.
+    """ASGI middleware: a request body over ``max_bytes`` gets 413, never parsed or buffered.
 
     The declared Content-Length is checked first; a body sent without one (chunked) is counted as
-    it streams in, so nothing larger than the limit is ever buffered or spooled to disk.
+    it streams in, so nothing larger than the limit is ever held in memory or spooled to disk.
+    Once over the limit, whatever the application would answer (FastAPI turns a failed form parse
+    into a 400) is replaced by the 413.  Before answering, the rest of the body is read and thrown
+    away, up to ``drain_bytes`` in all: ordinary clients (``requests``, ``http.client``) send the
+    whole body before they read an answer, and a server that closes on them unread makes them see
+    a connection reset instead of the 413.  A body larger than that is refused unread.
     """
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int, drain_bytes: int | None = None):
         self.app, self.max_bytes = app, max_bytes
+        self.drain_bytes = 8 * max_bytes if drain_bytes is None else drain_bytes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            if int(declared) <= self.drain_bytes:
+                await self._drain(receive, 0)
             return await self._refuse(send, int(declared))
         seen = 0
-        started = False
+        over = started = complete = False  # complete: the body's last part has arrived
 
         async def counting_receive():
-            nonlocal seen
+            nonlocal seen, over, complete
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
                 if seen > self.max_bytes:
+                    over = True
                     raise BodyTooLarge()
             return message
 
-        async def tracking_send(message):
+        async def refuse_over() -> None:
+            if not complete:
+                await self._drain(receive, seen)
+            await self._refuse(send, seen)
+
+        async def guarded_send(message):
             nonlocal started
+            if over:  # the application's answer to a body it could not finish reading
+                if message["type"] == "http.response.start" and not started:
+                    started = True
+                    await refuse_over()
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
 
         try:
-            await self.app(scope, counting_receive, tracking_send)
+            await self.app(scope, counting_receive, guarded_send)
         except BodyTooLarge:
             if not started:
-                await self._refuse(send, seen)
+                await refuse_over()
+
+    async def _drain(self, receive, seen: int) -> None:
+        """Read and discard the rest of the request body, stopping at ``drain_bytes`` in all."""
+        while seen <= self.drain_bytes:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            seen += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
 
     async def _refuse(self, send, size: int) -> None:
         from starlette.responses import JSONResponse

@@ -149,6 +149,52 @@ def test_limits_413_and_503(tight_server, image_bytes):
     assert refused.headers["retry-after"] == "1" and "busy" in refused.json()["detail"]
 
 
+def test_bodies_over_the_limit_get_413_on_every_endpoint_chunked_or_not(tight_server, image_bytes):
+    """A chunked body over the limit is a 413 on the multipart and JSON endpoints too (not the form
+    parser's 400), and a client that sends its whole declared body before reading the answer
+    (http.client, as requests does) gets the 413 with its reason, not a connection reset."""
+    import http.client
+    import json
+    from urllib.parse import urlsplit
+
+    url = tight_server.url
+    boundary = "pix2tex-test-boundary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n"
+            "Content-Type: image/png\r\n\r\n").encode()
+
+    def multipart_chunks():  # 300 KB of file data, streamed without a Content-Length
+        yield head
+        for _ in range(30):
+            yield b"\x00" * 10_000
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    def json_chunks():
+        yield b'{"latex": "'
+        for _ in range(30):
+            yield b"x" * 10_000
+        yield b'"}'
+
+    for path, body, kind in (("/predict/", multipart_chunks, f"multipart/form-data; boundary={boundary}"),
+                             ("/v1/predict", multipart_chunks, f"multipart/form-data; boundary={boundary}"),
+                             ("/bytes/", multipart_chunks, f"multipart/form-data; boundary={boundary}"),
+                             ("/v1/render", json_chunks, "application/json")):
+        r = httpx.post(url + path, content=body(), headers={"content-type": kind}, timeout=60)
+        assert r.status_code == 413, (path, r.status_code, r.text)
+        assert "over the 209,715-byte limit" in r.json()["detail"]
+
+    # A whole 1 MB multipart upload with its Content-Length, sent before the answer is read.
+    payload = head + b"\x00" * 1_000_000 + f"\r\n--{boundary}--\r\n".encode()
+    where = urlsplit(url)
+    for path in ("/predict/", "/v1/predict"):
+        conn = http.client.HTTPConnection(where.hostname, where.port, timeout=60)
+        conn.request("POST", path, body=payload, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        answer = conn.getresponse()
+        assert answer.status == 413
+        assert "over the 209,715-byte limit" in json.loads(answer.read())["detail"]
+        conn.close()
+    assert tight_server.health()["status"] == "ok"  # and the server is still there
+
+
 def test_docs_and_page_are_served_locally(server):
     spec = httpx.get(server.url + "/openapi.json").json()
     assert {"/predict/", "/bytes/", "/v1/predict", "/v1/render", "/health"} <= set(spec["paths"])
