@@ -33,14 +33,21 @@ from pix2tex.fileio import FileReadError, printable_name, read_limited
 
 __all__ = [
     "ImageLoadError", "BlankImageError",
-    "MAX_PIXELS", "DEFAULT_GLYPH_HEIGHT", "MARGIN",
+    "MAX_PIXELS", "MAX_WORK_PIXELS", "DEFAULT_GLYPH_HEIGHT", "MARGIN",
     "load_image", "to_gray", "invert_if_dark", "normalize_contrast", "crop_to_content", "ink_content",
     "component_sizes", "estimate_glyph_height", "check_glyph_estimator", "GLYPH_ESTIMATORS", "prepare", "to_batch", "canvas_sizes", "MEAN", "STD", "MAX_FILE_BYTES",
 ]
 
 MAX_PIXELS = 60_000_000
-MAX_FILE_BYTES = 200 * 2**20  # an image file larger than this is refused before it is read
 """Largest image (width x height) that :func:`load_image` decodes; checked from the header."""
+MAX_FILE_BYTES = 200 * 2**20
+"""An image file larger than this is refused before it is read."""
+MAX_WORK_PIXELS = 6_000_000
+"""Images larger than this are reduced by a whole factor right after decoding (JPEGs decode at the
+reduced size directly), before any per-pixel array work: gray conversion, contrast and cropping
+hold several float copies of the image, about 20 bytes a pixel, so a 25 MP upload would cost half
+a gigabyte.  6 MP is a 3000 x 2000 screenshot; a formula's glyphs in an image that large are many
+times the size they are scaled to (about 16 px), so reading it reduced loses nothing."""
 
 MARGIN = 3
 """White border (px) kept above and left of the ink in :func:`prepare` output.  The im2latex renders
@@ -149,12 +156,36 @@ def _open_checked(data: bytes, name: str, max_pixels: int) -> Image.Image:
         raise ImageLoadError(f"{name}: image has no pixels ({w}x{h})")
     if w * h > max_pixels:
         raise _too_big(name, img.size, max_pixels)
+    factor = _work_factor(w, h)
     try:
         img.seek(0)  # animated GIF/PNG/WebP: the first frame
+        if factor > 1 and img.format == "JPEG":
+            img.draft(img.mode, (w // factor, h // factor))  # the decoder scales by 1/2, 1/4 or 1/8
         img.load()
     except Exception as exc:  # noqa: BLE001 - truncated data surfaces as OSError, SyntaxError, ...
         raise ImageLoadError(f"{name}: truncated or corrupt image data ({type(exc).__name__})") from None
-    return img
+    return _reduce_to_work_size(img)
+
+
+def _work_factor(width: int, height: int) -> int:
+    """The smallest whole factor that brings ``width`` x ``height`` within MAX_WORK_PIXELS."""
+    return max(1, math.ceil(math.sqrt(width * height / MAX_WORK_PIXELS)))
+
+
+def _reduce_to_work_size(img: Image.Image) -> Image.Image:
+    """``img`` reduced by :func:`_work_factor` (box filter, in its own mode where PIL can; palette
+    and 1-bit images are expanded first, which costs less than the float work it saves)."""
+    factor = _work_factor(*img.size)
+    if factor == 1:
+        return img
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif img.mode == "1":
+        img = img.convert("L")
+    try:
+        return img.reduce(factor)
+    except ValueError:  # a mode reduce() does not take (e.g. I;16): its own resize instead
+        return img.resize((max(1, img.width // factor), max(1, img.height // factor)), Image.Resampling.BOX)
 
 
 def _apply_exif_orientation(img: Image.Image) -> Image.Image:

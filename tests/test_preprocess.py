@@ -395,6 +395,31 @@ def test_upscaled_screenshot_with_margin_prepares_to_original_size() -> None:
     assert np.median(errors) < 0.05
 
 
+def test_huge_uploads_are_reduced_after_decoding_and_prepare_as_the_original() -> None:
+    """An image over MAX_WORK_PIXELS is reduced by a whole factor as it is decoded (a JPEG by its
+    decoder), so the array work never sees its full size, and it prepares like the original."""
+    from pix2tex.preprocess import MAX_WORK_PIXELS
+
+    path = _seeded_samples(1, seed=2)[0]
+    original = _rgb(path)
+    ref_h, ref_w = _ink_box(prepare(original, **SIZE))[2:]
+    factor = 1
+    while (original.width * factor + 1200) * (original.height * factor + 1200) <= 2 * MAX_WORK_PIXELS:
+        factor += 1
+    big = _upscaled_with_margin(original, factor, margin=600)  # over twice the working size
+    for fmt, mode in (("PNG", "RGB"), ("PNG", "L"), ("JPEG", "L"), ("PNG", "P")):
+        buffer = io.BytesIO()
+        (big.convert(mode) if mode != "RGB" else big).save(buffer, format=fmt, quality=95)
+        loaded = load_image(buffer.getvalue())
+        assert loaded.mode == "L" and loaded.width * loaded.height <= MAX_WORK_PIXELS, (fmt, mode, loaded.size)
+        assert loaded.width * loaded.height >= MAX_WORK_PIXELS / 16, (fmt, mode, loaded.size)  # not shrunk more
+        out_h, out_w = _ink_box(prepare(loaded, **SIZE))[2:]
+        assert out_h == pytest.approx(ref_h, rel=0.10) and out_w == pytest.approx(ref_w, rel=0.10), (fmt, mode)
+    small = io.BytesIO()
+    original.save(small, format="PNG")
+    assert load_image(small.getvalue()).size == original.size  # images within the limit are left alone
+
+
 def test_small_image_is_upscaled_to_training_scale() -> None:
     errors = []
     for path in _seeded_samples(10, seed=1):
