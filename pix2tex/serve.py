@@ -44,12 +44,16 @@ class ServeSettings:
     max_images: int = 16  # images in one /v1/predict request; more → 413
     max_batch: int = 8  # images decoded together
     max_wait_ms: float = 10.0  # how long the first request of a batch waits for company
-    max_queue: int = 64  # images waiting or being decoded; more → 503 with Retry-After
+    max_queue: int = 64  # images being prepared, waiting or being decoded; more → 503 with Retry-After
+    # Images decoded and prepared at once.  Each holds at most preprocess.MAX_WORK_PIXELS of working
+    # arrays (~20 bytes a pixel), so this bounds the memory that uploads cost, whatever their number.
+    prepare_workers: int = 2
     render_workers: int = 2  # TeX runs at once for /v1/render
     render_dpi: int = 160
 
     def __post_init__(self) -> None:
-        for name in ("max_upload_bytes", "max_pixels", "max_images", "max_batch", "max_queue", "render_workers"):
+        for name in ("max_upload_bytes", "max_pixels", "max_images", "max_batch", "max_queue", "prepare_workers",
+                     "render_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0:
@@ -246,6 +250,22 @@ async def _no_receive():
     return {"type": "http.disconnect"}
 
 
+def _release_free_memory() -> None:
+    """Hand freed heap memory back to the system (glibc's malloc_trim; elsewhere nothing).
+
+    Decoding an upload frees tens of megabytes of arrays; glibc keeps such blocks in its arenas (one
+    per thread that allocated them), so without this the server's RSS stays at its peak after a
+    burst of large images."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import ctypes.util
+
+        try:
+            ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+            pass
+
+
 def create_app(ocr, settings: ServeSettings = ServeSettings(), *, model_name: str = "bundled",
                engine: str = "torch"):
     """The FastAPI application around a loaded :class:`~pix2tex.inference.LatexOCR`."""
@@ -262,8 +282,10 @@ def create_app(ocr, settings: ServeSettings = ServeSettings(), *, model_name: st
 
     batcher = Batcher(ocr.read, max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000,
                       max_queue=settings.max_queue)
+    prepare_pool = ThreadPoolExecutor(max_workers=settings.prepare_workers, thread_name_prefix="pix2tex-prepare")
     render_pool = ThreadPoolExecutor(max_workers=settings.render_workers, thread_name_prefix="pix2tex-render")
     renders = {"pending": 0}  # /v1/render requests running or waiting for a worker
+    images = {"in_flight": 0}  # uploaded images being prepared, waiting for the decoder or decoded
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -272,6 +294,7 @@ def create_app(ocr, settings: ServeSettings = ServeSettings(), *, model_name: st
             yield
         finally:
             await batcher.stop()
+            prepare_pool.shutdown(wait=False, cancel_futures=True)
             render_pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPIOffline(title="pix2tex", version=pix2tex.__version__, lifespan=lifespan,
@@ -303,14 +326,25 @@ def create_app(ocr, settings: ServeSettings = ServeSettings(), *, model_name: st
             return None, image_error(exc, name)
 
     async def read_uploads(uploads: Sequence[tuple[bytes, str]]) -> list[Reading]:
+        # Admission: every image counts from its arrival to its reading, so a burst of uploads waits
+        # as compressed bytes (bounded by the body limit) or is turned away, never piles up decoded.
+        if images["in_flight"] + len(uploads) > settings.max_queue:
+            raise HTTPException(503, f"server busy: {images['in_flight']} images are being read "
+                                     f"(limit {settings.max_queue})", headers={"Retry-After": "1"})
         loop = asyncio.get_running_loop()
-        prepared = await asyncio.gather(*(loop.run_in_executor(None, prepare_one, data, name)
-                                          for data, name in uploads))
-        good = [arr for arr, _ in prepared if arr is not None]
+        images["in_flight"] += len(uploads)
         try:
-            readings = iter(await batcher.submit(good)) if good else iter(())
-        except QueueFull as exc:
-            raise HTTPException(503, f"server busy: {exc}", headers={"Retry-After": "1"}) from None
+            prepared = await asyncio.gather(*(loop.run_in_executor(prepare_pool, prepare_one, data, name)
+                                              for data, name in uploads))
+            good = [arr for arr, _ in prepared if arr is not None]
+            try:
+                readings = iter(await batcher.submit(good)) if good else iter(())
+            except QueueFull as exc:
+                raise HTTPException(503, f"server busy: {exc}", headers={"Retry-After": "1"}) from None
+        finally:
+            images["in_flight"] -= len(uploads)
+            if images["in_flight"] == 0:  # idle: give back what the burst's arrays took
+                await loop.run_in_executor(prepare_pool, _release_free_memory)
         out = []
         for arr, extra in prepared:
             if arr is None:
@@ -392,7 +426,7 @@ def create_app(ocr, settings: ServeSettings = ServeSettings(), *, model_name: st
         s = batcher.stats
         return {"status": "ok", "model": model_name, "engine": engine, "version": pix2tex.__version__,
                 "device": str(ocr.device), "glyph_scale": ocr.glyph_scale,
-                "glyph_estimator": ocr.glyph_estimator, "pending": batcher.pending,
+                "glyph_estimator": ocr.glyph_estimator, "pending": images["in_flight"],
                 "batches": {"requests": s.requests, "images": s.images, "batches": s.batches,
                             "largest": s.largest_batch, "max_batch": settings.max_batch,
                             "max_wait_ms": settings.max_wait_ms}}
@@ -422,6 +456,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--max-upload-mb", type=float, default=d.max_upload_bytes / 2**20, help="request body limit")
     p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="pixels per image at most")
     p.add_argument("--max-images", type=int, default=d.max_images, help="images per /v1/predict request")
+    p.add_argument("--prepare-workers", type=int, default=d.prepare_workers,
+                   help="images decoded and prepared at once (bounds the memory uploads take)")
     p.add_argument("--threads", type=int, help="CPU threads for the model")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     return p.parse_args(argv)
@@ -432,7 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = ServeSettings(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
                                  max_images=args.max_images, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                                 max_queue=args.max_queue)
+                                 max_queue=args.max_queue, prepare_workers=args.prepare_workers)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -244,3 +244,16 @@ def test_onnx_engine_serves_the_exported_model(tmp_path, image_bytes):
         assert s.health()["engine"] == "onnx"
         r = httpx.post(s.url + "/predict/", files={"file": image_bytes[0]}, timeout=120)
     assert r.status_code == 200 and r.json() == expected
+
+
+def test_huge_uploads_cost_bounded_memory_that_is_given_back(tmp_path):
+    """Two clients each send 16 PNGs of 5000 x 5000 (about 90 KB each, within every limit): the
+    server prepares two images at a time at a reduced working size, so its peak stays a few
+    hundred MB over idle (it was 2.6 GB over with four clients), and it gives the memory back."""
+    from benchmarks.serve_memory import measure
+
+    with Server(tmpdir=tmp_path) as server:
+        result = measure(server, clients=2, images=16, side=5000)
+    assert result["statuses"] == {"200": 2}
+    assert result["peak_rss_mib"] - result["idle_rss_mib"] < 500, result
+    assert result["settled_rss_mib"] - result["idle_rss_mib"] < 100, result
