@@ -8,6 +8,14 @@ Each good answer must equal the image's reading by the library alone, each broke
 answers, the server's peak RSS and how many batches it decoded.
 
     python -m benchmarks.serve --json
+    python -m benchmarks.serve --hostile --json    # the same traffic with attacks mixed in
+
+``--hostile`` adds, as a fifth of the requests each, images within every limit that decode to
+25 MP (a 5000 x 5000 PNG of ~90 KB, which is read and must be answered 200), bodies over the
+upload limit with their Content-Length (413) and chunked bodies over it (413), and runs one server
+(``--max-batch 8``) twice: the clean traffic alone, then the hostile mix.  Beside the counts it
+reports the server's RSS settled a few seconds after the run and the latency of the good requests
+only.
 
 :class:`Server` (a ``pix2tex serve`` process on a free port) is also what the API and browser
 tests start.
@@ -128,6 +136,74 @@ def send_all(server: Server, uploads: list[tuple[str, bytes]], clients: int) -> 
         return list(pool.map(send, uploads))
 
 
+HOSTILE_KINDS = {"bomb": 200, "oversized": 413, "chunked": 413}
+
+
+def hostile_requests(uploads: list[tuple[str, bytes]], share: float, seed: int,
+                     limit_bytes: int) -> list[tuple[str, bytes]]:
+    """``uploads`` with ``share`` of each hostile kind inserted at random places (names say the kind)."""
+    from benchmarks.serve_memory import huge_png
+
+    rng = random.Random(seed)
+    bomb = huge_png(5000)
+    out = list(uploads)
+    for kind in HOSTILE_KINDS:
+        for k in range(int(share * len(uploads))):
+            data = bomb if kind == "bomb" else b"\x89PNG" + b"\x00" * (limit_bytes + 1000)
+            out.insert(rng.randrange(len(out) + 1), (f"{kind}{k}.png", data))
+    return out
+
+
+def send_hostile(server: Server, uploads: list[tuple[str, bytes]], clients: int) -> list[tuple[str, int, str, float]]:
+    """As :func:`send_all`, with chunked uploads sent without a Content-Length."""
+    def send(item: tuple[str, bytes]) -> tuple[str, int, str, float]:
+        name, data = item
+        start = time.perf_counter()
+        if name.startswith("chunked"):
+            parts = (data[i : i + 65536] for i in range(0, len(data), 65536))
+            r = httpx.post(server.url + "/bytes/", content=parts, timeout=600)
+        else:
+            r = httpx.post(server.url + "/predict/", files={"file": (Path(name).name, data, "image/png")}, timeout=600)
+        answer = r.json() if r.status_code == 200 else r.json().get("detail", "")
+        return name, r.status_code, answer, time.perf_counter() - start
+
+    with ThreadPoolExecutor(clients) as pool:
+        return list(pool.map(send, uploads))
+
+
+def _kind(name: str) -> str:
+    return next((k for k in ("broken", *HOSTILE_KINDS) if name.startswith(k)), "good")
+
+
+def run_hostile(args: argparse.Namespace, uploads: list[tuple[str, bytes]], expected: dict[str, str]) -> None:
+    from benchmarks.serve_memory import rss_mib
+
+    limit = 2**20  # a 1 MB upload limit keeps the oversized bodies cheap to send
+    mixed = hostile_requests(uploads, 0.2, args.seed, limit)
+    with Server("--max-batch", "8", "--max-wait-ms", str(args.max_wait_ms), "--max-queue", str(4 * args.clients),
+                "--max-upload-mb", "1") as server:
+        for label, traffic in (("clean", uploads), ("hostile", mixed)):
+            start = time.perf_counter()
+            answers = send_hostile(server, traffic, args.clients)
+            wall = time.perf_counter() - start
+            time.sleep(3)
+            good = [a for a in answers if _kind(a[0]) == "good"]
+            latency = sorted(a[3] for a in good)
+            want = {"good": 200, "broken": 422, **HOSTILE_KINDS}
+            kinds = sorted({_kind(a[0]) for a in answers})
+            print(json.dumps({
+                "bench": "serve_hostile", "traffic": label, "clients": args.clients, "requests": len(answers),
+                "by_kind": {k: {"requests": sum(_kind(a[0]) == k for a in answers),
+                                "wrong_status": sum(_kind(a[0]) == k and a[1] != want[k] for a in answers)}
+                            for k in kinds},
+                "wrong_readings": sum(a[1] != 200 or a[2] != expected[a[0]] for a in good),
+                "good_p50_s": round(statistics.median(latency), 3),
+                "good_p95_s": round(latency[int(0.95 * (len(latency) - 1))], 3),
+                "wall_s": round(wall, 1), "server_peak_rss_mib": round(peak_rss_mib(server.proc.pid), 1),
+                "server_settled_rss_mib": round(rss_mib(server.proc.pid), 1),
+            }), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--sample", type=Path, default=REPO.parent / "shared/data/images/im2latex_sample")
@@ -137,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, nargs="+", default=[8, 1], help="--max-batch of each server run")
     parser.add_argument("--max-wait-ms", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hostile", action="store_true", help="clean traffic, then with attacks mixed in")
     parser.add_argument("--json", action="store_true", help="print JSON lines only")
     args = parser.parse_args(argv)
     if not (args.sample / "labels.tsv").is_file():
@@ -150,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
 
     ocr = LatexOCR()  # the reference: each image read alone by the library
     expected = {name: ocr(data) for name, data in dict(uploads).items() if not name.startswith("broken")}
+    if args.hostile:
+        run_hostile(args, uploads, expected)
+        return 0
     for max_batch in args.batches:
         with Server("--max-batch", str(max_batch), "--max-wait-ms", str(args.max_wait_ms),
                     "--max-queue", str(4 * args.clients)) as server:
