@@ -56,7 +56,7 @@ class TrainResult:
 
 
 class _Stop(Exception):
-    """Raised from the signal handler so the loop can save its state and exit cleanly."""
+    """Raised by the loop, between steps, once a stop was asked for (SIGTERM, Ctrl+C)."""
 
 
 def _device(no_cuda: bool) -> torch.device:
@@ -501,12 +501,15 @@ def _train(config: Config, resume: bool, device: torch.device, progress: bool, d
     stop = {"requested": False}
 
     def on_signal(signum, frame):  # noqa: ARG001
-        if not ddp.active:
-            raise _Stop()
-        # Several processes stop together: the flag is agreed on after the step (all ranks save once).
+        # Stop only between steps, in every mode: a signal that landed inside optimizer.step() (two
+        # parameter groups) or the weight-average update and raised there would save a state that
+        # is half one step, half the next.  The flag is looked at after each step (and agreed on by
+        # all ranks under torchrun, so they save once).  A second Ctrl+C stops at once, unsaved.
+        if stop["requested"] and signum == signal.SIGINT:
+            raise KeyboardInterrupt
         stop["requested"] = True
 
-    previous = signal.signal(signal.SIGTERM, on_signal)
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     model.train()
     loss = torch.full((), float("nan"))
     bar = tqdm(total=total_steps, initial=step, disable=not progress or not ddp.is_main, dynamic_ncols=True,
@@ -577,16 +580,21 @@ def _train(config: Config, resume: bool, device: torch.device, progress: bool, d
         if saved_at != step:  # else last/ was written at this step, with its validation scores: keep it
             writer.folder("last", {"step": step, "epoch": epoch})
         save_state(epoch, batch_index)  # where a later --resume starts (the next epoch, when they ran out)
-    except (KeyboardInterrupt, _Stop):
+    except _Stop:
         if ddp.is_main:
             bar.write(f"interrupted at step {step}: saving {run_dir / 'last.pt'} and {run_dir / 'last'}")
         save_state(epoch, batch_index)
         writer.folder("last", {"step": step, "epoch": epoch})
         raise KeyboardInterrupt from None
+    except KeyboardInterrupt:
+        if ddp.is_main:
+            bar.write(f"interrupted twice at step {step}: stopped without saving (last.pt is the previous save)")
+        raise
     finally:
         bar.close()
         logger.close()
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     loss_value = float(loss)
     return TrainResult(step, epoch, best_bleu, loss_value, run_dir, ddp.is_main)
 

@@ -262,3 +262,47 @@ def test_load_chkpt_into_a_deeper_decoder_reads_exactly_as_before_and_the_new_bl
     trained = load_model_folder(result.run_dir / "last")[0].state_dict()
     new_out = [k for k in trained if k.startswith(f"{DECODER_LAYERS}6.") and "to_out" in k]
     assert new_out and all(trained[k].abs().sum() > 0 for k in new_out)
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_a_signal_during_an_optimizer_step_stops_after_it_with_a_clean_state(tmp_path, signum):
+    """SIGTERM or Ctrl+C that arrives inside optimizer.step() lets the step finish, then saves: the
+    resume state equals that of a run that stopped cleanly after the same step (weights, optimizer,
+    weight average, position)."""
+    import os
+    import signal
+    import time
+
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    from pix2tex.train import train
+
+    _, settings = _eight_sample_run(tmp_path)
+    settings = {**settings, "scheduler": "StepLR", "ema_decay": 0.9, "augment": False, "sample_freq": 100,
+                "model_path": str(tmp_path / "runs")}
+    train(config_from_dict({**settings, "name": "clean", "max_steps": 3}), device=torch.device("cpu"), progress=False)
+    clean = load_resume_state(tmp_path / "runs" / "clean" / "last.pt")
+
+    steps = []
+
+    def signal_inside_the_third_step(optimizer, args, kwargs):  # noqa: ARG001
+        steps.append(1)
+        if len(steps) == 3:
+            os.kill(os.getpid(), getattr(signal, signum))
+            time.sleep(0.2)  # the handler runs here, inside the step
+
+    handle = register_optimizer_step_pre_hook(signal_inside_the_third_step)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(config_from_dict({**settings, "name": "signalled", "max_steps": 10}), device=torch.device("cpu"),
+                  progress=False)
+    finally:
+        handle.remove()
+    state = load_resume_state(tmp_path / "runs" / "signalled" / "last.pt")
+    assert (state["step"], state["epoch"], state["batch"], state["ema_updates"]) == \
+        (clean["step"], clean["epoch"], clean["batch"], clean["ema_updates"]) == (3, 1, 1, 3)  # 2 batches an epoch
+    for part in ("model", "ema"):
+        assert all(torch.equal(state[part][k], clean[part][k]) for k in clean[part]), part
+    for key, values in clean["optimizer"]["state"].items():
+        assert all(torch.equal(state["optimizer"]["state"][key][name], v) for name, v in values.items())
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
