@@ -159,8 +159,8 @@ class TrainConfig:
     lr_step: int = 30  # StepLR period in steps
     clip_grad: float = 1.0
     sample_freq: int = 1000  # validate every this many steps
-    save_freq: int = 1  # write the "last" checkpoint every this many epochs (and at each validation)
-    temperature: float = 0.2  # sampling temperature shown in validation samples
+    save_freq: int = 1  # also write the resume state (last.pt) at the end of every this many epochs
+    temperature: float = 0.2  # the seed's key; nothing reads it (validation decodes greedily)
     test_samples: int = 5
     num_workers: int = 0  # DataLoader worker processes
     min_height: int = 32
@@ -290,7 +290,8 @@ _UNUSED_SEED_KEYS = {
     "output_path": "pix2tex eval writes its predictions to --out",
     "debug": "there is no debug mode; metrics.jsonl and the log hold every step's numbers",
     "temperature": "validation decodes greedily; sample with Model.generate(temperature=...)",
-    "max_dimensions_filter": "images larger than max_height x max_width are shrunk to fit, never dropped",
+    "max_dimensions_filter": "training always leaves out images whose prepared size exceeds max_height x "
+                             "max_width (prediction shrinks such images to fit)",
 }
 
 

@@ -17,7 +17,7 @@ Everything here is a pure function of strings.
 
 from __future__ import annotations
 
-__all__ = ["tokenize", "normalize", "normalize_many", "latex_tokens", "group_depth", "MAX_GROUP_DEPTH"]
+__all__ = ["tokenize", "normalize", "latex_tokens", "group_depth", "MAX_GROUP_DEPTH"]
 
 # Real formulas nest braces a few levels deep (the shared corpora: at most 16); deeper input
 # is refused by the renderer and passed through unparsed by normalize (no recursion limit to hit).
@@ -365,6 +365,3 @@ def normalize(latex: str) -> str:
     """Normalize a formula to space-separated im2markup-style tokens (idempotent)."""
     return " ".join(latex_tokens(latex))
 
-
-def normalize_many(formulas: list[str]) -> list[str]:
-    return [normalize(f) for f in formulas]

@@ -119,4 +119,4 @@ def test_unused_seed_keys_warn_only_when_given_a_value(tmp_path):
     messages = sorted(str(w.message) for w in caught)
     assert len(messages) == 3
     assert messages[0].startswith("<dict>: 'debug' is a seed setting that nothing here reads")
-    assert "shrunk to fit" in messages[1] and "--data" in messages[2]
+    assert "always leaves out images" in messages[1] and "--data" in messages[2]

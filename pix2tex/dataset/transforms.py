@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 # prediction never imports this training-data package; these names stay importable from here.
 from pix2tex.preprocess import MEAN, STD, to_batch  # noqa: E402,F401
 
-__all__ = ["MEAN", "STD", "train_transform", "test_transform", "to_batch", "pad_to_multiple"]
+__all__ = ["MEAN", "STD", "train_transform", "test_transform", "to_batch"]
 
 WHITE = 255
 
@@ -72,15 +72,3 @@ def test_transform() -> A.Compose:
     import albumentations as A
 
     return A.Compose([])
-
-
-def pad_to_multiple(image: np.ndarray, multiple: int, min_height: int = 0, min_width: int = 0) -> np.ndarray:
-    """Pad ``image`` with white at the bottom and right to multiples of ``multiple``."""
-    h, w = image.shape
-    th = max(-(-h // multiple) * multiple, -(-min_height // multiple) * multiple)
-    tw = max(-(-w // multiple) * multiple, -(-min_width // multiple) * multiple)
-    if (th, tw) == (h, w):
-        return image
-    out = np.full((th, tw), WHITE, dtype=np.uint8)
-    out[:h, :w] = image
-    return out
