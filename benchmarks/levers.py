@@ -2,6 +2,7 @@
 
     python -m benchmarks.levers --data DATA --out RACE [--budget 45] [--only NAME…]   # train
     python -m benchmarks.levers --data DATA --out RACE --score [--glyph-scale 1.4]    # score, compare
+    python -m benchmarks.levers --data DATA --out RACE --score --models FOLDER…       # other model folders
     python -m benchmarks.levers --out RACE --plot docs/levers.png                      # curves
 
 Every candidate is a set of ``--set`` overrides of ``pix2tex/model/settings/continue.yaml`` (the
@@ -12,9 +13,9 @@ DataLoader worker, until their own process has used ``--budget`` CPU minutes
 200 im2latex renders every 200 steps (its metrics.jsonl).
 
 ``--score`` reads each candidate's ``last/`` (and the bundled model, as ``bundled``) greedily on
-all of ``../shared/data/images/im2latex_sample``, on the held-out im2latex_val_real images
-(``DATA/real/heldout.tsv``, whose formulas no candidate trained on) and on 400 validation renders;
-predictions go to ``RACE/scores/NAME.SET.tsv`` and one JSON line per (candidate, set) to
+all of ``../shared/data/images/im2latex_sample`` and on the held-out im2latex_val_real images
+(``DATA/real/heldout.tsv``, whose formulas no candidate trained on); the validation renders are
+scored by training itself (the ``val_*`` lines of each run's metrics.jsonl).  Predictions go to ``RACE/scores/NAME.SET.tsv`` and one JSON line per (candidate, set) to
 ``RACE/scores.jsonl``, with the bootstrap BLEU gain over the bundled model (benchmarks.compare).
 
 DATA is the folder the standing run's datasets are in: ``train.pkl`` (the six rendered corpora),
@@ -86,19 +87,19 @@ def score_sets(data: Path) -> dict[str, list[str]]:
         "sample": ["--images", str(sample), "--labels", str(sample / "labels.tsv")],
         "real_heldout": ["--images", str(SHARED_IMAGES / "im2latex_val_real"), "--labels",
                          str(data / "real" / "heldout.tsv")],
-        "val_renders": ["--data", str(data / "valid_im2latex_val.pkl"), "--limit", "400"],
     }
 
 
-def score(data: Path, out: Path, names: list[str], glyph_scale: float | None) -> None:
+def score(data: Path, out: Path, models: dict[str, Path], glyph_scale: float | None) -> None:
+    """Score the bundled model and ``models`` (name -> model folder) on :func:`score_sets`."""
     folder = out / "scores"
     folder.mkdir(parents=True, exist_ok=True)
-    models = {"bundled": BUNDLED, **{n: out / n / "last" for n in names}}
+    models = {"bundled": BUNDLED, **models}
     for set_name, args in score_sets(data).items():
         for model, checkpoint in models.items():
             tsv = folder / f"{model}.{set_name}.tsv"
             if not tsv.exists():
-                extra = ["--glyph-scale", str(glyph_scale)] if glyph_scale and args[0] == "--images" else []
+                extra = ["--glyph-scale", str(glyph_scale)] if glyph_scale else []
                 subprocess.run([sys.executable, "-m", "pix2tex.eval", "--checkpoint", str(checkpoint), *args,
                                 *extra, "--batch-size", "16", "--out", str(tsv), "--json"],
                                check=True, cwd=REPO, stdout=subprocess.DEVNULL)
@@ -138,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=45.0, help="CPU minutes per candidate")
     parser.add_argument("--only", nargs="+", choices=sorted(CANDIDATES), help="these candidates only")
     parser.add_argument("--score", action="store_true", help="score the candidates' last/ folders")
+    parser.add_argument("--models", nargs="+", type=Path, metavar="FOLDER",
+                        help="with --score: these model folders instead of the candidates' (named by folder)")
     parser.add_argument("--glyph-scale", type=float, help="read real images at this glyph scale (default: each "
                                                           "model folder's)")
     parser.add_argument("--plot", type=Path, help="write the learning curves of a race and exit")
@@ -150,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--data is needed to train or score")
     data, out = args.data.resolve(), args.out.resolve()
     if args.score:
-        score(data, out, names, args.glyph_scale)
+        models = ({p.name: p.resolve() for p in args.models} if args.models is not None
+                  else {n: out / n / "last" for n in names})
+        score(data, out, models, args.glyph_scale)
         return 0
     out.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(len(names)) as pool:

@@ -1,0 +1,100 @@
+"""The standing run's data folder, from ../shared alone (a new machine starts here).
+
+    python -m benchmarks.standing_data --out ../data [--workers 2]
+
+Renders the six formula files of ``../shared/data/formulas`` with TeX (a file whose render
+finished before is kept), splits them as ``create_data.sh`` does (by a hash of the normalized
+formula: 2 % validation, 2 % test), and builds the datasets with the **bundled** tokenizer and
+the "stroke" glyph estimator, so that training goes on from the bundled weights
+(``pix2tex/model/settings/continue.yaml``):
+
+- ``train.pkl``: the six corpora's training splits, one dataset per corpus joined
+  (``train_<corpus>.pkl`` are kept too); ``valid_im2latex_val.pkl``: the im2latex validation renders;
+- ``real/train.pkl`` and ``real/heldout.tsv``: the real im2latex_val_real images whose formulas fall
+  in the training split, and those in the validation or test split (never trained on: a real-image
+  check beside im2latex_sample);
+- ``train_papers.pkl``: ``train.pkl`` and ``real/train.pkl`` joined.
+
+On this 2-core machine it takes about 20 minutes (rendering ~15, building ~5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared" / "data"
+TOKENIZER = REPO / "pix2tex" / "model" / "checkpoints" / "default" / "tokenizer.json"
+# Paper corpora first: a run that starts before the rest are done has them.
+CORPORA = ("im2latex_val", "im2latex170k_arxiv2018", "arxiv_display_math", "k12_exam", "hme100k", "chem_units")
+REAL = "im2latex_val_real"
+
+
+def _run(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", *args], check=True, cwd=REPO)
+
+
+def _dataset(out: Path, images: Path, labels: Path, pkl: Path) -> None:
+    _run("pix2tex.dataset.dataset", "-i", str(images), "-e", str(labels), "-t", str(TOKENIZER),
+         "--glyph-estimator", "stroke", "-o", str(pkl))
+
+
+def split_real(out: Path) -> tuple[Path, Path]:
+    """real/train.tsv (paths under ../shared/data/images, so the corpus is im2latex_val_real) and
+    real/heldout.tsv (paths under the im2latex_val_real folder, as pix2tex.eval --images reads them)."""
+    from pix2tex.dataset.dataset import read_labels
+    from pix2tex.dataset.split import assign_split
+    from pix2tex.fileio import atomic_write_text
+    from pix2tex.normalize import normalize
+
+    train, heldout = [], []
+    for image, latex in read_labels(SHARED / "images" / REAL / "labels.tsv"):
+        label = normalize(latex)
+        if label:
+            (train if assign_split(label, 0.02, 0.02, 0) == "train" else heldout).append((image, latex))
+    (out / "real").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "real" / "train.tsv", "".join(f"{REAL}/{i}\t{l}\n" for i, l in train))
+    atomic_write_text(out / "real" / "heldout.tsv", "".join(f"{i}\t{l}\n" for i, l in heldout))
+    return out / "real" / "train.tsv", out / "real" / "heldout.tsv"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.standing_data", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="the data folder (made if missing)")
+    parser.add_argument("--workers", type=int, default=2, help="TeX processes and dataset builds at once")
+    args = parser.parse_args(argv)
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    for name in CORPORA:
+        render = out / "render" / name
+        if not (render / "labels.tsv").exists():
+            _run("pix2tex.dataset.render", "--formulas", str(SHARED / "formulas" / f"{name}.txt"), "--out",
+                 str(render), "--workers", str(args.workers))
+    _run("pix2tex.dataset.split", "--labels", *(str(out / "render" / n / "labels.tsv") for n in CORPORA),
+         "--out", str(out))
+
+    def build(split: str, name: str) -> Path:
+        rows = [line for line in (out / f"{split}.tsv").read_text().splitlines(keepends=True)
+                if line.startswith(f"render/{name}/")]
+        (out / f"{split}_{name}.tsv").write_text("".join(rows))
+        _dataset(out, out, out / f"{split}_{name}.tsv", out / f"{split}_{name}.pkl")
+        return out / f"{split}_{name}.pkl"
+
+    real_train, _ = split_real(out)
+    with ThreadPoolExecutor(args.workers) as pool:
+        parts = list(pool.map(lambda n: build("train", n), CORPORA))
+        pool.submit(build, "valid", "im2latex_val").result()
+        pool.submit(_dataset, out, SHARED / "images", real_train, out / "real" / "train.pkl").result()
+    _run("pix2tex.dataset.dataset", "--combine", *map(str, parts), "-o", str(out / "train.pkl"))
+    _run("pix2tex.dataset.dataset", "--combine", str(out / "train.pkl"), str(out / "real" / "train.pkl"),
+         "-o", str(out / "train_papers.pkl"))
+    print(f"done: {out}/train.pkl, train_papers.pkl, valid_im2latex_val.pkl, real/heldout.tsv")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
