@@ -127,9 +127,15 @@ def plot(out: Path, png: Path) -> None:
         cpu_at = {r["step"]: r["cpu_s"] / 60 for r in train}  # validation steps are logged steps too
         val = [r for r in val if r["step"] in cpu_at]
         axes[0].plot([cpu_at[r["step"]] for r in val], [r["val_bleu"] for r in val], marker="o", label=name)
-        axes[1].plot([r["cpu_s"] / 60 for r in train], [r["loss"] for r in train], label=name)
-    save(fig, axes, ("BLEU, 200 im2latex validation renders (weight average)", "training loss"),
-         "CPU minutes of training", png)
+        window = 8  # logged points (200 steps at log_every 25): one batch's loss swings with its formulas
+        smooth = [sum(r["loss"] for r in train[max(0, k - window + 1): k + 1]) / len(train[max(0, k - window + 1): k + 1])
+                  for k in range(len(train))]
+        axes[1].plot([r["cpu_s"] / 60 for r in train], smooth, label=name)
+    bundled = json.loads((BUNDLED / "meta.json").read_text()).get("val", {}).get("bleu")
+    if bundled is not None:
+        axes[0].axhline(bundled, color="gray", linestyle="--", label="bundled model")
+    save(fig, axes, ("BLEU, 200 im2latex validation renders (weight average)",
+                     "training loss (mean of the last 8 logged steps)"), "CPU minutes of training", png)
 
 
 def main(argv: list[str] | None = None) -> int:
