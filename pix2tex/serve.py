@@ -19,6 +19,7 @@ masks padded patches, so a reading does not depend on its batch-mates.
 
 import argparse
 import asyncio
+import functools
 import io
 import os
 import sys
@@ -250,20 +251,29 @@ async def _no_receive():
     return {"type": "http.disconnect"}
 
 
+@functools.cache
+def _libc_malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, looked up once (find_library runs ldconfig); None where there is none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        return None
+
+
 def _release_free_memory() -> None:
     """Hand freed heap memory back to the system (glibc's malloc_trim; elsewhere nothing).
 
     Decoding an upload frees tens of megabytes of arrays; glibc keeps such blocks in its arenas (one
     per thread that allocated them), so without this the server's RSS stays at its peak after a
     burst of large images."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import ctypes.util
-
-        try:
-            ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
-            pass
+    trim = _libc_malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def create_app(ocr, settings: ServeSettings = ServeSettings(), *, model_name: str = "bundled",
