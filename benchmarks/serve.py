@@ -99,12 +99,17 @@ class Server:
         return httpx.get(self.url + "/health", timeout=10).json()
 
 
-def peak_rss_mib(pid: int) -> float:
-    """The process's peak resident memory (VmHWM), MiB."""
+def status_mib(pid: int, field: str) -> float:
+    """A memory field of /proc/PID/status (VmHWM: peak resident, VmRSS: resident now), MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The process's peak resident memory (VmHWM), MiB."""
+    return status_mib(pid, "VmHWM")
 
 
 def make_requests(sample: Path, n: int, broken_share: float, seed: int) -> list[tuple[str, bytes]]:
@@ -176,8 +181,6 @@ def _kind(name: str) -> str:
 
 
 def run_hostile(args: argparse.Namespace, uploads: list[tuple[str, bytes]], expected: dict[str, str]) -> None:
-    from benchmarks.serve_memory import rss_mib
-
     limit = 2**20  # a 1 MB upload limit keeps the oversized bodies cheap to send
     mixed = hostile_requests(uploads, 0.2, args.seed, limit)
     with Server("--max-batch", "8", "--max-wait-ms", str(args.max_wait_ms), "--max-queue", str(4 * args.clients),
@@ -200,7 +203,7 @@ def run_hostile(args: argparse.Namespace, uploads: list[tuple[str, bytes]], expe
                 "good_p50_s": round(statistics.median(latency), 3),
                 "good_p95_s": round(latency[int(0.95 * (len(latency) - 1))], 3),
                 "wall_s": round(wall, 1), "server_peak_rss_mib": round(peak_rss_mib(server.proc.pid), 1),
-                "server_settled_rss_mib": round(rss_mib(server.proc.pid), 1),
+                "server_settled_rss_mib": round(status_mib(server.proc.pid, "VmRSS"), 1),
             }), flush=True)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.serve import REPO, Server, peak_rss_mib
+from benchmarks.serve import REPO, Server, peak_rss_mib, status_mib
 
 SAMPLE = REPO.parent / "shared" / "data" / "images" / "im2latex_sample"
 FORMULA = SAMPLE / "images" / "1cbb05a562.png"
@@ -41,18 +41,11 @@ def huge_png(side: int, seed_image: Path = FORMULA) -> bytes:
     return buffer.getvalue()
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def measure(server: Server, *, clients: int, images: int, side: int, settle_s: float = 3.0) -> dict:
     """Idle, peak and settled RSS of ``server`` around ``clients`` requests of ``images`` huge PNGs."""
     ordinary = FORMULA.read_bytes()
     httpx.post(server.url + "/predict/", files={"file": ("warm.png", ordinary, "image/png")}, timeout=300)
-    idle = rss_mib(server.proc.pid)
+    idle = status_mib(server.proc.pid, "VmRSS")
     data = huge_png(side)
     files = [("file", (f"{k}.png", data, "image/png")) for k in range(images)]
 
@@ -67,7 +60,7 @@ def measure(server: Server, *, clients: int, images: int, side: int, settle_s: f
     return {"bench": "serve_memory", "clients": clients, "images_per_request": images, "side": side,
             "png_bytes": len(data), "statuses": {str(s): statuses.count(s) for s in sorted(set(statuses))},
             "idle_rss_mib": round(idle, 1), "peak_rss_mib": round(peak_rss_mib(server.proc.pid), 1),
-            "settled_rss_mib": round(rss_mib(server.proc.pid), 1), "wall_s": round(wall, 1)}
+            "settled_rss_mib": round(status_mib(server.proc.pid, "VmRSS"), 1), "wall_s": round(wall, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
