@@ -1,4 +1,4 @@
-# make install | test | test-fast | demo [IMG=path.png] | serve | bench
+# make install | lint | test | test-fast | demo [IMG=path.png] | serve | bench
 # A fresh machine needs only python3 (with venv) and apt-get: everything else is installed here.
 PYTHON ?= python3
 VENV := .venv
@@ -8,7 +8,7 @@ TEX_FILES := amsmath.sty amssymb.sty lmodern.sty mathptmx.sty mathpazo.sty txfon
 
 BROWSER_PACKAGES := chromium chromium-driver
 
-.PHONY: install tex browser test test-fast demo serve bench clean
+.PHONY: install tex browser lint test test-fast demo serve bench clean
 
 install: tex browser $(VENV)/.installed
 
@@ -42,11 +42,15 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
-test: install
+test: install lint
 	$(BIN)/python -m pytest -q
 
+# ruff, configured in pyproject.toml: zero findings, or the tests do not run.
+lint: install
+	$(BIN)/ruff check .
+
 # Everything but the slow tests (training runs, a corpus render, multi-process runs): under two minutes.
-test-fast: install
+test-fast: install lint
 	$(BIN)/python -m pytest -q -m "not slow"
 
 demo: install

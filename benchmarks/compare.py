@@ -43,14 +43,14 @@ def compare(old: dict[str, tuple[str, str]], new: dict[str, tuple[str, str]], re
         raise ValueError(f"{len(differ)} images have different references in the two files (e.g. {differ[0]})")
     refs = [old[i][1] for i in images]
     a, b = [old[i][0] for i in images], [new[i][0] for i in images]
-    distances = list(zip(edit_distances(a, refs), edit_distances(b, refs)))
+    distances = list(zip(edit_distances(a, refs), edit_distances(b, refs), strict=True))
     stats_a, stats_b = bleu_statistics(a, refs), bleu_statistics(b, refs)
     rng = random.Random(seed)
     gains = []
     for _ in range(resamples):
         pick = [rng.randrange(len(images)) for _ in images]
-        gains.append(bleu_from_statistics([sum(c) for c in zip(*(stats_b[k] for k in pick))])
-                     - bleu_from_statistics([sum(c) for c in zip(*(stats_a[k] for k in pick))]))
+        gains.append(bleu_from_statistics([sum(c) for c in zip(*(stats_b[k] for k in pick), strict=True)])
+                     - bleu_from_statistics([sum(c) for c in zip(*(stats_a[k] for k in pick), strict=True)]))
     gains.sort()
     return {
         "n": len(images), "old": score(a, refs).as_dict(), "new": score(b, refs).as_dict(),

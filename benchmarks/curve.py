@@ -32,7 +32,8 @@ def curve(stages: Sequence[Path], forks: Collection[Path] = ()) -> list[dict]:
         for record in records:
             cpu = record.get("cpu_s", cpu)  # validation records follow the step record that carries it
             if "val_bleu" in record:
-                points.append({"stage": stage.name, "step": record["step"], "cpu_hours": round((offset + cpu) / 3600, 3),
+                points.append({"stage": stage.name, "step": record["step"],
+                               "cpu_hours": round((offset + cpu) / 3600, 3),
                                "val_bleu": record["val_bleu"], "val_edit_distance": record["val_edit_distance"]})
         offset += cpu
     return points

@@ -36,7 +36,8 @@ for _ in range(25):
     dist.barrier()
     t = time.perf_counter(); dist.all_reduce(flat); times.append(time.perf_counter() - t)
 if dist.get_rank() == 0:
-    print(json.dumps({"bench": "ddp_allreduce", "floats": flat.numel(), "median_s": round(statistics.median(times[5:]), 5)}))
+    median = round(statistics.median(times[5:]), 5)
+    print(json.dumps({"bench": "ddp_allreduce", "floats": flat.numel(), "median_s": median}))
 dist.destroy_process_group()
 """
 

@@ -84,11 +84,11 @@ def error_table(rows: list[tuple[str, str]]) -> dict:
     preds, refs = [p for p, _ in rows], [r for _, r in rows]
     distances = edit_distances(preds, refs)
     ref_tokens = [latex_tokens(r) for r in refs]
-    by_length = {f"{lo}–{hi - 1}" if hi < 10**9 else f"{lo}+": [i for i, t in enumerate(ref_tokens) if lo <= len(t) < hi]
-                 for lo, hi in LENGTHS}
+    by_length = {f"{lo}–{hi - 1}" if hi < 10**9 else f"{lo}+":
+                 [i for i, t in enumerate(ref_tokens) if lo <= len(t) < hi] for lo, hi in LENGTHS}
     by_structure = {name: [i for i, t in enumerate(ref_tokens) if test(t)] for name, test in STRUCTURES.items()}
     edits: dict[str, Counter[str]] = {"delete": Counter(), "insert": Counter(), "replace": Counter()}
-    for pred, ref in zip(preds, ref_tokens):
+    for pred, ref in zip(preds, ref_tokens, strict=True):
         hyp = latex_tokens(pred)
         for op in Levenshtein.editops(ref, hyp):
             if op.tag == "delete":

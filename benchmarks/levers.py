@@ -15,7 +15,8 @@ DataLoader worker, until their own process has used ``--budget`` CPU minutes
 ``--score`` reads each candidate's ``last/`` (and the bundled model, as ``bundled``) greedily on
 all of ``../shared/data/images/im2latex_sample`` and on the held-out im2latex_val_real images
 (``DATA/real/heldout.tsv``, whose formulas no candidate trained on); the validation renders are
-scored by training itself (the ``val_*`` lines of each run's metrics.jsonl).  Predictions go to ``RACE/scores/NAME.SET.tsv`` and one JSON line per (candidate, set) to
+scored by training itself (the ``val_*`` lines of each run's metrics.jsonl).  Predictions go to
+``RACE/scores/NAME.SET.tsv`` and one JSON line per (candidate, set) to
 ``RACE/scores.jsonl``, with the bootstrap BLEU gain over the bundled model (benchmarks.compare).
 
 DATA is the folder the standing run's datasets are in: ``train.pkl`` (the six rendered corpora),
@@ -128,8 +129,8 @@ def plot(out: Path, png: Path) -> None:
         val = [r for r in val if r["step"] in cpu_at]
         axes[0].plot([cpu_at[r["step"]] for r in val], [r["val_bleu"] for r in val], marker="o", label=name)
         window = 8  # logged points (200 steps at log_every 25): one batch's loss swings with its formulas
-        smooth = [sum(r["loss"] for r in train[max(0, k - window + 1): k + 1]) / len(train[max(0, k - window + 1): k + 1])
-                  for k in range(len(train))]
+        windows = [train[max(0, k - window + 1): k + 1] for k in range(len(train))]
+        smooth = [sum(r["loss"] for r in w) / len(w) for w in windows]
         axes[1].plot([r["cpu_s"] / 60 for r in train], smooth, label=name)
     bundled = json.loads((BUNDLED / "meta.json").read_text()).get("val", {}).get("bleu")
     if bundled is not None:
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(len(names)) as pool:
         codes = list(pool.map(lambda n: train(n, data, out, args.budget), names))
-    for name, code in zip(names, codes):
+    for name, code in zip(names, codes, strict=True):
         print(json.dumps({"candidate": name, "returncode": code}))
     return max(codes)
 

@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             images = torch.randn(batch, 1, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(batch))
             shape = f"B{batch}x{HEIGHT}x{WIDTH}/N{args.tokens}"
             for impl, engine in (("pix2tex-vit", model), ("pix2tex-vit-onnx", onnx_model)):
-                def run(engine=engine) -> object:
+                def run(engine=engine, images=images) -> object:
                     return engine.generate(images, max_new_tokens=args.tokens, stop_at_eos=False)
                 row = record(impl, "generate", shape, time_runs(run, warmup=1, repeats=args.repeats),
                              "tokens_per_s", batch * args.tokens)

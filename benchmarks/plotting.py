@@ -19,7 +19,7 @@ def figure(panels: int, width: float) -> tuple[Any, Any]:
 
 def save(fig: Any, axes: Sequence[Any], titles: Sequence[str], xlabel: str, png: Path, dpi: int = 110) -> None:
     """Title and grid each panel, put the legend on the first, and write the PNG."""
-    for ax, title in zip(axes, titles):
+    for ax, title in zip(axes, titles, strict=True):
         ax.set_title(title)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)

@@ -12,7 +12,8 @@ Every ``--eval-every`` CPU minutes a candidate's weights are scored, greedy, on 
 renders of the validation split and on the first 200 real im2latex_sample images, and its
 teacher-forced loss is measured with the true images and with the batch's images shuffled (the gap
 says how much the model reads the image).  After each round the better half continues: by the mean
-of the two BLEUs once some candidate reads (mean BLEU >= 0.05), by bits per character before that.  One JSON line per measurement goes to stdout and to
+of the two BLEUs once some candidate reads (mean BLEU >= 0.05), by bits per character before that.
+One JSON line per measurement goes to stdout and to
 RACE_DIR/race.jsonl; a finished segment is never run again, so an interrupted race continues.
 """
 
@@ -209,8 +210,8 @@ def run_race(data: Path, out: Path, rounds: list[float], eval_every: float, name
 
     for r, budget in enumerate(rounds):
         with ThreadPoolExecutor(2) as pool:
-            finals = list(pool.map(lambda c: advance(c, budget), alive))
-        ranked = sorted(zip(alive, finals), key=lambda cf: rank_key(cf[1], finals))
+            finals = list(pool.map(lambda c, budget=budget: advance(c, budget), alive))
+        ranked = sorted(zip(alive, finals, strict=True), key=lambda cf: rank_key(cf[1], finals))
         print(json.dumps({"round": r + 1, "budget": budget,
                           "ranking": [c.name for c, _ in ranked]}), flush=True)
         if r + 1 < len(rounds):

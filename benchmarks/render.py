@@ -82,7 +82,7 @@ def scale(dpi: int = 100) -> dict:
     with tempfile.TemporaryDirectory(prefix="pix2tex-bench-scale-") as tmp:
         ours = render_images([latex for _, latex in rows], "cm", dpi, tmp)
     by_width, by_height, real_heights = [], [], []
-    for (path, _), result in zip(rows, ours):
+    for (path, _), result in zip(rows, ours, strict=True):
         real = _ink_box(Image.open(SAMPLE / path))
         mine = _ink_box(result.image) if result.ok else None
         if real is None or mine is None:

@@ -51,7 +51,7 @@ def _compare_chunk(args: tuple[list[str], str, int]) -> list[tuple[str, str, str
     with tempfile.TemporaryDirectory(prefix="pix2tex-roundtrip-") as tmp:
         results = render_images([*formulas, *normalized], font, dpi, tmp)
     out = []
-    for k, (f, g) in enumerate(zip(formulas, normalized)):
+    for k, (f, g) in enumerate(zip(formulas, normalized, strict=True)):
         a, b = results[k], results[len(formulas) + k]
         if not a.ok and not b.ok:
             status = "both_failed"

@@ -33,7 +33,12 @@ from PIL import Image
 
 from pix2tex.config import ModelConfig
 from pix2tex.preprocess import (
-    DEFAULT_GLYPH_HEIGHT, estimate_glyph_height, ink_content, load_image, prepare, to_gray,
+    DEFAULT_GLYPH_HEIGHT,
+    estimate_glyph_height,
+    ink_content,
+    load_image,
+    prepare,
+    to_gray,
 )
 
 SAMPLE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "images" / "im2latex_sample" / "images"

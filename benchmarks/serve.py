@@ -62,7 +62,7 @@ class Server:
         self.proc: subprocess.Popen | None = None
         self.log: Path | None = None
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         env = dict(os.environ)
         if self.tmpdir is not None:
             env["TMPDIR"] = str(self.tmpdir)

@@ -38,7 +38,7 @@ def _run(*args: str) -> None:
     subprocess.run([sys.executable, "-m", *args], check=True, cwd=REPO)
 
 
-def _dataset(out: Path, images: Path, labels: Path, pkl: Path) -> None:
+def _dataset(images: Path, labels: Path, pkl: Path) -> None:
     _run("pix2tex.dataset.dataset", "-i", str(images), "-e", str(labels), "-t", str(TOKENIZER),
          "--glyph-estimator", "stroke", "-o", str(pkl))
 
@@ -57,8 +57,8 @@ def split_real(out: Path) -> tuple[Path, Path]:
         if label:
             (train if assign_split(label, 0.02, 0.02, 0) == "train" else heldout).append((image, latex))
     (out / "real").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "real" / "train.tsv", "".join(f"{REAL}/{i}\t{l}\n" for i, l in train))
-    atomic_write_text(out / "real" / "heldout.tsv", "".join(f"{i}\t{l}\n" for i, l in heldout))
+    atomic_write_text(out / "real" / "train.tsv", "".join(f"{REAL}/{i}\t{latex}\n" for i, latex in train))
+    atomic_write_text(out / "real" / "heldout.tsv", "".join(f"{i}\t{latex}\n" for i, latex in heldout))
     return out / "real" / "train.tsv", out / "real" / "heldout.tsv"
 
 
@@ -81,14 +81,14 @@ def main(argv: list[str] | None = None) -> int:
         rows = [line for line in (out / f"{split}.tsv").read_text().splitlines(keepends=True)
                 if line.startswith(f"render/{name}/")]
         (out / f"{split}_{name}.tsv").write_text("".join(rows))
-        _dataset(out, out, out / f"{split}_{name}.tsv", out / f"{split}_{name}.pkl")
+        _dataset(out, out / f"{split}_{name}.tsv", out / f"{split}_{name}.pkl")
         return out / f"{split}_{name}.pkl"
 
     real_train, _ = split_real(out)
     with ThreadPoolExecutor(args.workers) as pool:
         parts = list(pool.map(lambda n: build("train", n), CORPORA))
         pool.submit(build, "valid", "im2latex_val").result()
-        pool.submit(_dataset, out, SHARED / "images", real_train, out / "real" / "train.pkl").result()
+        pool.submit(_dataset, SHARED / "images", real_train, out / "real" / "train.pkl").result()
     _run("pix2tex.dataset.dataset", "--combine", *map(str, parts), "-o", str(out / "train.pkl"))
     _run("pix2tex.dataset.dataset", "--combine", str(out / "train.pkl"), str(out / "real" / "train.pkl"),
          "-o", str(out / "train_papers.pkl"))

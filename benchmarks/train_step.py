@@ -102,7 +102,7 @@ def levers(name: str, cfg: ModelConfig) -> list[dict]:
                           ("none", 120), ("bf16", 120), ("bf16_explicit_attn", 120)):
         try:
             t = median_time(whole_step(cfg, lever, tokens), warmup=2 if lever == "compile" else 1)
-        except Exception as exc:  # a lever this machine cannot use is reported, not fatal
+        except Exception as exc:  # noqa: BLE001 - a lever this machine cannot use is reported, not fatal
             rows.append({"bench": "train_step_lever", "config": name, "lever": lever, "tokens": tokens,
                          "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"})
             continue
@@ -278,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.train_step", description=__doc__.splitlines()[0])
     parser.add_argument("--profile", action="store_true", help="time each part of a step")
     parser.add_argument("--compare", action="store_true", help="whole steps beside pix2tex 0.1.4")
-    parser.add_argument("--levers", action="store_true", help="bf16 autocast, channels_last, torch.compile, explicit attention")
+    parser.add_argument("--levers", action="store_true",
+                        help="bf16 autocast, channels_last, torch.compile, explicit attention")
     parser.add_argument("--throughput", help="comma-separated recipes (default,recipe,recipe_bf16): real "
                                                "training runs on --data, samples/s")
     parser.add_argument("--steps", type=int, default=60, help="training steps per --throughput run")

@@ -35,10 +35,11 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from pix2tex.config import (MAX_SETTINGS_BYTES, ConfigError, ModelConfig, config_from_dict, read_settings_yaml,
-                            check_glyph_scale as _check_scale)
+from pix2tex.config import MAX_SETTINGS_BYTES, ConfigError, ModelConfig, config_from_dict, read_settings_yaml
+from pix2tex.config import check_glyph_scale as _check_scale
 from pix2tex.fileio import FileReadError, atomic_path, read_limited, replace_folder
-from pix2tex.preprocess import GLYPH_ESTIMATORS, check_glyph_estimator as _check_estimator
+from pix2tex.preprocess import GLYPH_ESTIMATORS
+from pix2tex.preprocess import check_glyph_estimator as _check_estimator
 from pix2tex.tokenizer import LatexTokenizer, TokenizerError
 
 __all__ = [
@@ -246,7 +247,7 @@ def load_resume_state(path: str | os.PathLike) -> dict[str, Any]:
     _check_archive(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... on bad files
+    except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError, ... on bad files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a loadable resume state ({first})") from None
     if not isinstance(state, dict) or state.get("format") != "pix2tex-resume":
@@ -270,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
                              "run; repeatable); meta.json lists the steps")
     parser.add_argument("--fp16", action="store_true", help="store floating-point weights as float16")
     parser.add_argument("--glyph-scale", type=float, metavar="F",
-                        help="glyph size to read at, times the default training size (python -m benchmarks.glyph_scale)")
+                        help="glyph size to read at, times the default training size "
+                             "(python -m benchmarks.glyph_scale)")
     parser.add_argument("--glyph-estimator", choices=GLYPH_ESTIMATORS,
                         help="how input glyphs are measured (pix2tex.preprocess.GLYPH_ESTIMATORS)")
     args = parser.parse_args(argv)

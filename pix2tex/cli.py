@@ -117,7 +117,7 @@ def predict_main(argv: Sequence[str]) -> int:
     readable = [k for k in range(len(inputs)) if k not in refused]
     with tqdm(total=len(readable), disable=len(readable) <= 3 or not sys.stderr.isatty(), desc="predict") as bar:
         read = ocr.predict([inputs[k] for k in readable], names=[names[k] for k in readable], progress=bar)
-    results = dict(zip(readable, read))
+    results = dict(zip(readable, read, strict=True))
     failed = len(problems)
     for k, name in enumerate(names):
         error = refused[k] if k in refused else results[k].error

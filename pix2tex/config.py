@@ -244,7 +244,7 @@ class Config:
         """The resolved flat settings, as they would be written in a YAML file."""
         return {**dataclasses.asdict(self.model), **dataclasses.asdict(self.train)}
 
-    def replace(self, **changes: Any) -> "Config":
+    def replace(self, **changes: Any) -> Config:
         """A copy with some flat keys changed (validated like a file)."""
         return config_from_dict({**self.to_dict(), **changes}, source="<override>", check_files=False)
 
@@ -386,7 +386,7 @@ class _NoAliasLoader(yaml.SafeLoader):
     """SafeLoader that refuses anchors and aliases: a few lines of nested aliases ("billion laughs")
     expand to billions of nodes.  Settings files never need them."""
 
-    def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
+    def compose_node(self, parent, index):  # PyYAML's signature
         if self.check_event(yaml.AliasEvent) or getattr(self.peek_event(), "anchor", None) is not None:
             event = self.peek_event()
             raise yaml.YAMLError(f"YAML anchors and aliases are not allowed (line {event.start_mark.line + 1})")

@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = 0
     with tempfile.TemporaryDirectory(prefix="pix2tex-demo-") as tmp:
         paths, references = [], []
-        for k, (formula, result) in enumerate(zip(formulas, render_images(formulas, "cm", 120, tmp))):
+        for k, (formula, result) in enumerate(zip(formulas, render_images(formulas, "cm", 120, tmp), strict=True)):
             if result.image is None:
                 print(f"warning: could not render demo formula {k + 1}: {result.error}", file=sys.stderr)
                 continue
@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             paths.append(str(path))
             references.append(normalize(formula))
         predictions = ocr.predict(paths + extra)
-        for k, (pred, ref) in enumerate(zip(predictions, references + [None] * len(extra))):
+        for k, (pred, ref) in enumerate(zip(predictions, references + [None] * len(extra), strict=True)):
             # The rendered demo images live in a folder that is gone when the demo ends: name them
             # by their formula instead of printing a path nobody can open.
             print(f"demo formula {k + 1}" if ref is not None else pred.source)

@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from pix2tex.checkpoint import CheckpointError, load_model_folder, glyph_scale as folder_glyph_scale
+from pix2tex.checkpoint import CheckpointError, load_model_folder
+from pix2tex.checkpoint import glyph_scale as folder_glyph_scale
 from pix2tex.dataset.dataset import DatasetError, Im2LatexDataset, read_labels
 from pix2tex.fileio import atomic_write_text
 from pix2tex.inference import LatexOCR
@@ -64,7 +65,7 @@ def evaluate_dataset(checkpoint: str | None, data: str, *, beam: int = 1, batch_
     rows: list[tuple[str, str, str]] = []
     for indices, predictions, references in read_dataset(model, tokenizer, ds, tqdm(batches, disable=not progress,
                                                                                     desc="eval"), device, beam=beam):
-        rows += [(str(ds.image_path(i)), p, r) for i, p, r in zip(indices, predictions, references)]
+        rows += [(str(ds.image_path(i)), p, r) for i, p, r in zip(indices, predictions, references, strict=True)]
     left_out = len(ds) - sum(len(b) for b in all_batches)
     if left_out and limit is None:
         print(f"note: {left_out} samples exceed the model's size or length limits and were not scored",
@@ -115,7 +116,7 @@ def evaluate_folder(checkpoint: str | None, images: str, labels: str, *, beam: i
     with tqdm(total=len(paths), disable=not progress, desc="eval") as bar:
         predictions = ocr.predict(paths, progress=bar)
     rows = []
-    for pred, (_, ref) in zip(predictions, pairs):
+    for pred, (_, ref) in zip(predictions, pairs, strict=True):
         if pred.error is not None:
             print(f"warning: {pred.error}", file=sys.stderr)
         rows.append((pred.source, pred.latex or "", normalize(ref)))

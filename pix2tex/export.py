@@ -24,9 +24,9 @@ import argparse
 import inspect
 import json
 import os
+import secrets
 import shutil
 import sys
-import secrets
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,8 +41,18 @@ from pix2tex.fileio import replace_folder
 from pix2tex.models.decoding import FlatCache
 from pix2tex.models.model import Model
 from pix2tex.models.steps import LeanCrossGraph, LeanStep, LeanStepGraph
-from pix2tex.onnx_engine import (CROSS, CROSS_CACHE, DECODER, ENCODER, FORMAT, FORMAT_VERSION, MANIFEST, SELF,
-                                 cache_names, make_session)
+from pix2tex.onnx_engine import (
+    CROSS,
+    CROSS_CACHE,
+    DECODER,
+    ENCODER,
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    SELF,
+    cache_names,
+    make_session,
+)
 from pix2tex.tokenizer import BOS_ID
 
 __all__ = ["ExportError", "OPSET", "TOLERANCE", "export_onnx", "export_model", "main"]
@@ -71,7 +81,7 @@ def _trace(module: nn.Module, args: tuple[Tensor, ...], path: Path, inputs: list
             warnings.simplefilter("ignore")
             torch.onnx.export(module, args, str(path), opset_version=OPSET, input_names=inputs, output_names=outputs,
                               dynamic_axes=axes, do_constant_folding=True, **_TORCHSCRIPT_EXPORTER)
-    except Exception as exc:  # the tracer raises many kinds on unsupported modules
+    except Exception as exc:  # noqa: BLE001 - the tracer raises many kinds on unsupported modules
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"{path.name}: torch.onnx.export failed ({type(exc).__name__}: {first})") from None
 
@@ -182,9 +192,9 @@ def check_graphs(model: Model, folder: Path, layers: list[str], steps: int = 4) 
         cache = lean.start(memory, None)
         logits = lean(tokens, cache)
     cross_names = [n for j, kind in enumerate(layers) if kind == CROSS for n in cache_names("past", j)]
-    feeds = dict(zip(cross_names, sessions[CROSS_CACHE].run(cross_names, {"memory": memory.numpy()})))
-    for j, (kind, kv) in enumerate(zip(layers, _past_in_layer_order(layers, cache))):
-        for name, reference in zip(cache_names("past", j), kv):
+    feeds = dict(zip(cross_names, sessions[CROSS_CACHE].run(cross_names, {"memory": memory.numpy()}), strict=True))
+    for j, (kind, kv) in enumerate(zip(layers, _past_in_layer_order(layers, cache), strict=True)):
+        for name, reference in zip(cache_names("past", j), kv, strict=True):
             if kind == CROSS:
                 diffs[CROSS_CACHE] = max(diffs[CROSS_CACHE], _diff(f"{CROSS_CACHE} {name}", feeds[name], reference))
             else:
@@ -194,10 +204,10 @@ def check_graphs(model: Model, folder: Path, layers: list[str], steps: int = 4) 
         ours, *present = sessions[DECODER].run(None, feeds)
         diffs[DECODER] = max(diffs[DECODER], _diff(f"{DECODER} logits at step {step}", ours, logits))
         present = iter(present)
-        for j, (kind, kv) in enumerate(zip(layers, _past_in_layer_order(layers, cache))):
+        for j, (kind, kv) in enumerate(zip(layers, _past_in_layer_order(layers, cache), strict=True)):
             if kind == CROSS:
                 continue
-            for name, reference in zip(cache_names("past", j), kv):
+            for name, reference in zip(cache_names("past", j), kv, strict=True):
                 feeds[name] = next(present)
                 diffs[DECODER] = max(diffs[DECODER], _diff(f"{DECODER} {name} at step {step}", feeds[name], reference))
         tokens = torch.randint(0, cfg.num_tokens, (memory.shape[0], 1), generator=generator)

@@ -50,10 +50,10 @@ __all__ = ["prepare", "train", "fetch", "main"]
 def prepare(start: Path, data: Path, out: Path = GPU_DIR, *, max_mb: float = 16.0, wheels: bool = True,
             seed: int = 0) -> dict:
     """Fill ``out`` (pack, fp16 start weights, wheels) for :func:`train` on the GPU machine."""
+    import torch
+
     from pix2tex.checkpoint import load_model_folder, save_model_folder
     from pix2tex.pack import pack
-
-    import torch
 
     out.mkdir(parents=True, exist_ok=True)
     model, config, tokenizer, meta = load_model_folder(start)

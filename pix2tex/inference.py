@@ -16,14 +16,19 @@ import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from pix2tex.checkpoint import (CheckpointError, check_glyph_estimator, check_glyph_scale, glyph_estimator,
-                                glyph_scale, load_model_folder)
+from pix2tex.checkpoint import (
+    CheckpointError,
+    check_glyph_estimator,
+    check_glyph_scale,
+    glyph_estimator,
+    glyph_scale,
+    load_model_folder,
+)
 from pix2tex.fileio import printable_name
 from pix2tex.models import decoding
 from pix2tex.preprocess import DEFAULT_GLYPH_HEIGHT, MAX_PIXELS, load_image, prepare, to_batch
@@ -248,7 +253,7 @@ class LatexOCR:
             start = time.perf_counter()
             latex, confidence = self._decode([arrays[k] for k in chunk])
             share = (time.perf_counter() - start) / len(chunk)
-            for k, text, conf in zip(chunk, latex, confidence):
+            for k, text, conf in zip(chunk, latex, confidence, strict=True):
                 out[k] = (text, conf, share)
             if progress is not None:
                 progress.update(len(chunk))
@@ -290,7 +295,7 @@ class LatexOCR:
             for lo in range(0, len(indices), self.encoder_batch):
                 part = indices[lo : lo + self.encoder_batch]
                 memory = self.model.encode(to_batch([arrays[k] for k in part], self.config.patch_size).to(self.device))
-                for k, m in zip(part, memory):
+                for k, m in zip(part, memory, strict=True):
                     rows[k] = m
         lengths = [m.shape[0] for m in rows]
         if len(set(lengths)) == 1:

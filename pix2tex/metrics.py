@@ -53,7 +53,8 @@ def bleu_from_statistics(total: Sequence[int]) -> float:
 
 def edit_distances(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
     """Each pair's token-level Levenshtein distance, normalized by the longer sequence (0 = equal)."""
-    return [Levenshtein.normalized_distance(p, r) for p, r in zip(_tokens(predictions), _tokens(references))]
+    pairs = zip(_tokens(predictions), _tokens(references), strict=True)
+    return [Levenshtein.normalized_distance(p, r) for p, r in pairs]
 
 
 def edit_distance(predictions: Sequence[str], references: Sequence[str]) -> float:
@@ -69,15 +70,16 @@ def token_accuracy(predictions: Sequence[str], references: Sequence[str]) -> flo
     extra tokens lower the score.
     """
     matches = total = 0
-    for p, r in zip(_tokens(predictions), _tokens(references)):
-        matches += sum(a == b for a, b in zip(p, r))
+    for p, r in zip(_tokens(predictions), _tokens(references), strict=True):
+        # positions past the shorter sequence count as misses (total below is the longer length)
+        matches += sum(a == b for a, b in zip(p, r, strict=False))
         total += max(len(p), len(r))
     return matches / total if total else 1.0
 
 
 def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
     """Share of predictions whose normalized tokens equal the reference's."""
-    pairs = list(zip(_tokens(predictions), _tokens(references)))
+    pairs = list(zip(_tokens(predictions), _tokens(references), strict=True))
     return sum(p == r for p, r in pairs) / len(pairs) if pairs else 0.0
 
 

@@ -282,10 +282,11 @@ def _is_argument(out: list[str]) -> bool:
     k = len(out)
     while k and out[k - 1] == "}":
         depth = 0
-        for k in range(k - 1, -1, -1):  # back to the "{" that opened this group
-            depth += {"}": 1, "{": -1}.get(out[k], 0)
+        for j in range(k - 1, -1, -1):  # back to the "{" that opened this group
+            depth += {"}": 1, "{": -1}.get(out[j], 0)
             if depth == 0:
                 break
+        k = j
     prev = out[k - 1] if k else None
     return _is_control_word(prev) or prev in ("^", "_", "]")
 

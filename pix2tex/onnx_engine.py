@@ -76,7 +76,7 @@ def make_session(path: str | os.PathLike, threads: int | None = None):
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime's errors derive from Exception only (Fail, InvalidProtobuf, ...)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's errors derive from Exception only (Fail, InvalidProtobuf, ...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: unreadable ONNX graph ({first})") from None
 
@@ -116,10 +116,12 @@ class OnnxStep:
     def start(self, memory: Tensor, memory_mask: Tensor | None) -> FlatCache:
         if memory_mask is not None:
             raise ValueError("the ONNX decoder graphs take no memory mask; decode one image at a time")
-        cross = iter(torch.from_numpy(a) for a in self.cross_session.run(self._cross_outputs, {"memory": _numpy(memory)}))
+        outputs = self.cross_session.run(self._cross_outputs, {"memory": _numpy(memory)})
+        cross = iter(torch.from_numpy(a) for a in outputs)
         batch = memory.shape[0]
-        empty = [(torch.zeros(batch, kh, 0, kd), torch.zeros(batch, vh, 0, vd)) for (kh, kd), (vh, vd) in self._self_shapes]
-        return FlatCache(self_kv=empty, cross_kv=list(zip(cross, cross)), length=0)
+        empty = [(torch.zeros(batch, kh, 0, kd), torch.zeros(batch, vh, 0, vd))
+                 for (kh, kd), (vh, vd) in self._self_shapes]
+        return FlatCache(self_kv=empty, cross_kv=list(zip(cross, cross, strict=True)), length=0)
 
     def __call__(self, tokens: Tensor, cache: FlatCache) -> Tensor:
         """Logits [B, V] after ``tokens`` [B, 1] (one new token per row); the cache grows by it."""
@@ -132,7 +134,7 @@ class OnnxStep:
             feeds[key], feeds[value] = map(_numpy, next(self_kv) if kind == SELF else next(cross_kv))
         logits, *present = self.step_session.run(self._step_outputs, feeds)
         present = iter(torch.from_numpy(a) for a in present)
-        cache.self_kv = list(zip(present, present))
+        cache.self_kv = list(zip(present, present, strict=True))
         cache.length += 1
         return torch.from_numpy(logits)
 
@@ -157,7 +159,7 @@ class OnnxModel:
         (memory,) = self.encoder_session.run(None, {"images": _numpy(images.float())})
         return torch.from_numpy(memory)
 
-    def decoding_step(self, memory: Tensor) -> OnnxStep:
+    def decoding_step(self, memory: Tensor) -> OnnxStep:  # noqa: ARG002 - the PyTorch engine's signature
         """The step the decoding loops run (the graphs; ``memory`` is not needed to choose it)."""
         return self.step
 
@@ -165,7 +167,8 @@ class OnnxModel:
                  top_k: int | None = None, top_p: float | None = None, stop_at_eos: bool = True,
                  generator: torch.Generator | None = None) -> Generation:
         """Greedy (default) or sampled LaTeX ids for each image; see :func:`pix2tex.models.decoding.generate`."""
-        return decoding.generate(self.step, self.encode(images), steps=check_max_new_tokens(max_new_tokens, self.cfg.max_seq_len),
+        steps = check_max_new_tokens(max_new_tokens, self.cfg.max_seq_len)
+        return decoding.generate(self.step, self.encode(images), steps=steps,
                                  temperature=temperature, top_k=top_k, top_p=top_p, stop_at_eos=stop_at_eos,
                                  generator=generator)
 

@@ -70,7 +70,7 @@ def pack(data: str | Path, tokenizer: str | Path, out: str | Path, *, valdata: s
             sub.tokenizer_path = None
             sub.save(Path(work) / name)
             tar.add(str(Path(work) / name), arcname=name)
-            for i, member in zip(indices, sub.paths):
+            for i, member in zip(indices, sub.paths, strict=True):
                 tar.add(str(ds.image_path(i)), arcname=member)
     return {"train": len(chosen), "valid": len(sets["valid.pkl"][1]) if valdata is not None else 0,
             "bytes": Path(out).stat().st_size}

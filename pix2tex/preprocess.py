@@ -35,7 +35,8 @@ __all__ = [
     "ImageLoadError", "BlankImageError",
     "MAX_PIXELS", "MAX_WORK_PIXELS", "DEFAULT_GLYPH_HEIGHT", "MARGIN",
     "load_image", "to_gray", "invert_if_dark", "normalize_contrast", "crop_to_content", "ink_content",
-    "component_sizes", "estimate_glyph_height", "check_glyph_estimator", "GLYPH_ESTIMATORS", "prepare", "to_batch", "canvas_sizes", "MEAN", "STD", "MAX_FILE_BYTES",
+    "component_sizes", "estimate_glyph_height", "check_glyph_estimator", "GLYPH_ESTIMATORS", "prepare",
+    "to_batch", "canvas_sizes", "MEAN", "STD", "MAX_FILE_BYTES",
 ]
 
 MAX_PIXELS = 60_000_000
@@ -258,7 +259,7 @@ def _flatten_colour(img: Image.Image) -> np.ndarray:
     channels = [np.asarray(c, dtype=np.int16) for c in img.split()]
     bg = [float(np.median(_border(c))) for c in channels]
     dist = np.zeros(channels[0].shape, np.float32)
-    for c, b in zip(channels, bg):
+    for c, b in zip(channels, bg, strict=True):
         np.maximum(dist, np.abs(c - np.float32(b)), out=dist)
     bg_luma = 0.299 * bg[0] + 0.587 * bg[1] + 0.114 * bg[2]
     gray = bg_luma - dist if bg_luma >= 128 else bg_luma + dist

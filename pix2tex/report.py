@@ -19,12 +19,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from rapidfuzz.distance import Levenshtein
 
 from pix2tex.fileio import atomic_write_text
 from pix2tex.image_metrics import compare_rendered
 from pix2tex.metrics import bleu, exact_match
 from pix2tex.normalize import latex_tokens
-from rapidfuzz.distance import Levenshtein
 
 __all__ = ["Record", "make_records", "render_records", "summarize", "breakdowns", "write_report",
            "LENGTH_BUCKETS"]
@@ -83,7 +83,7 @@ def render_records(records: list[Record], workdir: Path | None = None, keep_imag
     start = time.perf_counter()
     preds = _render_all([r.prediction if r.prediction.strip() else "{}" for r in records], workdir)
     refs = _render_all([r.reference for r in records], workdir)
-    for rec, (pred_img, reason), (ref_img, _) in zip(records, preds, refs):
+    for rec, (pred_img, reason), (ref_img, _) in zip(records, preds, refs, strict=True):
         if ref_img is None:
             continue  # the reference itself does not render: not scored on images
         cmp = compare_rendered(pred_img if rec.prediction.strip() else None, ref_img)
@@ -198,7 +198,8 @@ def write_report(folder: str | Path, records: Sequence[Record], summary: dict, p
         ref = r.images.get("reference")
         cases.append(
             "<tr>"
-            f"<td>{_img(_png_data(path=r.image), 'input image')}<br><small>{html.escape(Path(r.image).name)}</small></td>"
+            f"<td>{_img(_png_data(path=r.image), 'input image')}"
+            f"<br><small>{html.escape(Path(r.image).name)}</small></td>"
             f"<td>{_img(_png_data(pred) if pred is not None else None, r.reason or 'not rendered')}"
             f"<pre>{html.escape(r.prediction)}</pre></td>"
             f"<td>{_img(_png_data(ref) if ref is not None else None, 'reference not rendered')}"

@@ -46,7 +46,7 @@ class LatexTokenizer:
     """Encode normalized LaTeX to ids framed by BOS/EOS, and decode ids back to LaTeX."""
 
     def __init__(self, tokenizer: Tokenizer):
-        for name, expected in zip(SPECIAL_TOKENS, (PAD_ID, BOS_ID, EOS_ID, UNK_ID)):
+        for name, expected in zip(SPECIAL_TOKENS, (PAD_ID, BOS_ID, EOS_ID, UNK_ID), strict=True):
             if tokenizer.token_to_id(name) != expected:
                 raise TokenizerError(f"tokenizer has {name} at id {tokenizer.token_to_id(name)}, expected {expected}")
         self.hf = tokenizer
@@ -54,7 +54,7 @@ class LatexTokenizer:
     # -- construction -------------------------------------------------------------------------
     @classmethod
     def train(cls, formulas: Iterable[str], vocab_size: int, kind: str = "bpe",
-              min_frequency: int = 2) -> "LatexTokenizer":
+              min_frequency: int = 2) -> LatexTokenizer:
         """Train a vocabulary of at most ``vocab_size`` ids on normalized formulas.
 
         ``kind`` is ``"bpe"`` or ``"tokens"`` (see the module docstring); a ``tokens`` vocabulary
@@ -78,7 +78,7 @@ class LatexTokenizer:
         return cls(hf)
 
     @classmethod
-    def _train_words(cls, formulas: Iterable[str], vocab_size: int, min_frequency: int) -> "LatexTokenizer":
+    def _train_words(cls, formulas: Iterable[str], vocab_size: int, min_frequency: int) -> LatexTokenizer:
         hf = Tokenizer(models.WordLevel(unk_token=UNK_TOKEN))
         hf.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
         # Without a decoder, tokenizers joins word-level tokens with single spaces: the normalized form.
@@ -93,18 +93,18 @@ class LatexTokenizer:
         return "tokens" if isinstance(self.hf.model, models.WordLevel) else "bpe"
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "LatexTokenizer":
+    def load(cls, path: str | os.PathLike) -> LatexTokenizer:
         path = Path(path)
         if not path.is_file():
             raise TokenizerError(f"{path}: tokenizer file not found")
         try:
             hf = Tokenizer.from_file(str(path))
-        except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
+        except Exception as exc:  # noqa: BLE001 - tokenizers raises a bare Exception on bad JSON
             raise TokenizerError(f"{path}: not a tokenizer.json file ({exc})") from None
         return cls(hf)
 
     @classmethod
-    def from_str(cls, json_text: str) -> "LatexTokenizer":
+    def from_str(cls, json_text: str) -> LatexTokenizer:
         return cls(Tokenizer.from_str(json_text))
 
     def to_str(self) -> str:

@@ -9,9 +9,9 @@ import shutil
 import pytest
 from PIL import Image
 
+from benchmarks.serve import Server
 from pix2tex.dataset.render import render_images
 from pix2tex.inference import LatexOCR
-from benchmarks.serve import Server
 
 pytestmark = [pytest.mark.tex, pytest.mark.browser]
 
@@ -34,7 +34,8 @@ def browser():
     assert CHROMIUM and CHROMEDRIVER, "the browser tests need Debian's chromium and chromium-driver (make install)"
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM  # given explicitly: selenium must not look for (or download) a browser
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1200,820"):
+    flags = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1200,820")
+    for flag in flags:
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     yield driver
@@ -52,7 +53,7 @@ def formula_png(tmp_path_factory):
 def _wait(driver, condition, what: str):
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, WAIT_S, poll_frequency=0.2).until(lambda d: condition(d), message=what)
+    return WebDriverWait(driver, WAIT_S, poll_frequency=0.2).until(condition, message=what)
 
 
 def _preview_shows(driver, latex: str) -> bool:
@@ -68,7 +69,7 @@ def test_upload_reads_renders_edits_and_pastes(server, browser, formula_png, tmp
     browser.get(server.url + "/")
     browser.find_element(By.ID, "file").send_keys(str(formula_png))
     latex_box = browser.find_element(By.ID, "latex")
-    _wait(browser, lambda d: latex_box.get_attribute("value"), "no LaTeX appeared")
+    _wait(browser, lambda _driver: latex_box.get_attribute("value"), "no LaTeX appeared")
     assert latex_box.get_attribute("value") == expected
     _wait(browser, lambda d: _preview_shows(d, expected.strip()), "the LaTeX was not rendered back")
     assert browser.find_element(By.ID, "input").get_attribute("naturalWidth") == str(Image.open(formula_png).width)
@@ -99,7 +100,7 @@ def test_upload_reads_renders_edits_and_pastes(server, browser, formula_png, tmp
         "const dt = new DataTransfer();"
         "dt.items.add(new File([bytes], 'clip.png', {type: 'image/png'}));"
         "document.dispatchEvent(new ClipboardEvent('paste', {clipboardData: dt}));", data)
-    _wait(browser, lambda d: latex_box.get_attribute("value") == expected, "a pasted image was not read")
+    _wait(browser, lambda _driver: latex_box.get_attribute("value") == expected, "a pasted image was not read")
 
     # The page asked no other host for anything.
     urls = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
@@ -114,6 +115,6 @@ def test_unreadable_file_shows_the_reason(server, browser, tmp_path):
     browser.get(server.url + "/")
     browser.find_element(By.ID, "file").send_keys(str(fake))
     status = browser.find_element(By.ID, "status")
-    _wait(browser, lambda d: "not an image" in status.text, "no error shown")
+    _wait(browser, lambda _driver: "not an image" in status.text, "no error shown")
     assert status.text == "notes.png: not an image (cannot identify format)"
     assert "error" in status.get_attribute("class")

@@ -10,8 +10,15 @@ import shutil
 import pytest
 import torch
 
-from pix2tex.checkpoint import (CheckpointError, glyph_estimator, load_model_folder, load_resume_state, main,
-                                save_model_folder, save_resume_state)
+from pix2tex.checkpoint import (
+    CheckpointError,
+    glyph_estimator,
+    load_model_folder,
+    load_resume_state,
+    main,
+    save_model_folder,
+    save_resume_state,
+)
 from pix2tex.config import ModelConfig
 from pix2tex.models.model import get_model
 from pix2tex.normalize import normalize

@@ -104,7 +104,7 @@ def test_settings_files_refuse_aliases_and_special_files(tmp_path):
         load_config(fifo, check_files=False)
 
 
-def test_unused_seed_keys_warn_only_when_given_a_value(tmp_path):
+def test_unused_seed_keys_warn_only_when_given_a_value():
     import warnings
 
     from pix2tex.config import SeedKeyWarning

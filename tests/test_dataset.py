@@ -13,10 +13,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from pix2tex.dataset.dataset import (BatchDataset, DatasetError, Im2LatexDataset, load_image_gray, load_pickle,
-                                    read_labels)
-from pix2tex.dataset.transforms import MEAN, STD, train_transform
+from pix2tex.dataset.dataset import (
+    BatchDataset,
+    DatasetError,
+    Im2LatexDataset,
+    load_image_gray,
+    load_pickle,
+    read_labels,
+)
+from pix2tex.dataset.transforms import train_transform
 from pix2tex.normalize import normalize
+from pix2tex.preprocess import MEAN, STD
 from pix2tex.tokenizer import BOS_ID, LatexTokenizer
 from tests.helpers import REPO, SAMPLE
 
@@ -118,6 +125,12 @@ def test_train_transform_changes_pixels_deterministically(sample):
     assert any(o.shape != first.shape or (o != first).any() for o in others)
 
 
+def _dataset_cli(*args: str) -> subprocess.CompletedProcess:
+    """``python -m pix2tex.dataset.dataset ARGS``, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "pix2tex.dataset.dataset", *args], cwd=REPO,
+                          capture_output=True, text=True)
+
+
 def _copy_images(tmp_path: Path, n: int) -> tuple[Path, list[str]]:
     images = tmp_path / "images"
     images.mkdir()
@@ -140,7 +153,8 @@ def test_bad_inputs_are_left_out_and_labels_stay_aligned(tmp_path, capsys):
     ds = Im2LatexDataset(labels, images)
     assert len(ds) == 4
     assert ds.skipped == {"empty file": 1, "not an image": 1, "missing image": 1, "empty label": 1,
-                          "image path outside the image folder": 1, **{k: 1 for k in ds.skipped if k.startswith("unreadable")}}
+                          "image path outside the image folder": 1,
+                          **{k: 1 for k in ds.skipped if k.startswith("unreadable")}}
     assert any(k.startswith("unreadable image") for k in ds.skipped)
     for i in range(4):  # every kept image still carries its own label
         name, latex = lines[i].split("\t")
@@ -180,8 +194,7 @@ def test_cli_tokenizer_and_dataset(tmp_path):
     images, lines = _copy_images(tmp_path, 20)
     labels = tmp_path / "labels.tsv"
     labels.write_text("\n".join(lines) + "\n")
-    run = lambda *a: subprocess.run([sys.executable, "-m", "pix2tex.dataset.dataset", *a], cwd=REPO,
-                                    capture_output=True, text=True)
+    run = _dataset_cli
     tok = tmp_path / "tokenizer.json"
     r = run("-e", str(labels), "-s", "120", "-o", str(tok))
     assert r.returncode == 0, r.stderr
@@ -482,7 +495,7 @@ def test_augmentation_survives_renders_a_few_pixels_wide(tmp_path, tokenizer_pat
         assert batch.images.shape[0] == 1
 
 
-def test_dataset_files_without_glyph_heights_still_load(sample, tmp_path):
+def test_dataset_files_without_glyph_heights_still_load(sample):
     data = sample.to_dict()
     del data["glyphs"]  # written before glyph heights were kept
     ds = Im2LatexDataset.load_dict(data)
@@ -497,8 +510,7 @@ def test_glyph_heights_remeasured_with_another_estimator(tmp_path):
     images, lines = _copy_images(tmp_path, 12)
     labels = tmp_path / "labels.tsv"
     labels.write_text("\n".join(lines) + "\n")
-    run = lambda *a: subprocess.run([sys.executable, "-m", "pix2tex.dataset.dataset", *a], cwd=REPO,
-                                    capture_output=True, text=True)
+    run = _dataset_cli
     assert run("-i", str(images), "-e", str(labels), "-o", str(tmp_path / "soft.pkl")).returncode == 0
     soft = Im2LatexDataset.load(tmp_path / "soft.pkl")
     assert soft.glyph_estimator == "soft"
@@ -527,8 +539,7 @@ def test_glyph_heights_remeasured_with_another_estimator(tmp_path):
 def test_combined_datasets_keep_their_image_folders_and_corpora(tmp_path):
     """--combine writes one training set whose samples still load from their own folders and are
     told apart by corpus; datasets measured with different glyph estimators are refused."""
-    run = lambda *a: subprocess.run([sys.executable, "-m", "pix2tex.dataset.dataset", *a], cwd=REPO,
-                                    capture_output=True, text=True)
+    run = _dataset_cli
     parts = []
     for name, n, estimator in (("papers", 5, "stroke"), ("school", 3, "stroke"), ("other", 2, "soft")):
         folder = tmp_path / name

@@ -147,7 +147,7 @@ def test_predict_reads_training_images(pipeline):
     out = [json.loads(line) for line in r.stdout.splitlines()]
     assert [o["path"] for o in out] == images
     assert all(o["confidence"] <= 0 for o in out)
-    correct = sum(o["latex"] == line.split("\t")[1] for o, line in zip(out, lines))
+    correct = sum(o["latex"] == line.split("\t")[1] for o, line in zip(out, lines, strict=True))
     assert correct >= 4, out
 
 

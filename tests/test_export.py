@@ -12,12 +12,11 @@ from PIL import Image
 
 from pix2tex.checkpoint import CheckpointError, load_model_folder, save_model_folder
 from pix2tex.config import ModelConfig
-from pix2tex.dataset.transforms import to_batch
 from pix2tex.export import ExportError, export_onnx, main
 from pix2tex.models.model import get_model
 from pix2tex.normalize import normalize
 from pix2tex.onnx_engine import CROSS_CACHE, DECODER, ENCODER, MANIFEST, OnnxModel, load_onnx_folder
-from pix2tex.preprocess import prepare
+from pix2tex.preprocess import prepare, to_batch
 from pix2tex.tokenizer import EOS_ID, PAD_ID, LatexTokenizer
 from tests.helpers import SAMPLE, read_formulas
 
@@ -204,7 +203,7 @@ def test_bundled_model_reads_real_images_the_same_on_both_engines(tmp_path):
     assert len({len(r.split()) for r in torch_readings}) > 3
 
 
-def test_masked_model_exports_and_reads_like_torch_one_image_at_a_time(tmp_path, tokenizer, images):
+def test_masked_model_exports_and_reads_like_torch_one_image_at_a_time(tmp_path, tokenizer):
     """A model trained with mask_padding (the recipe's) exports; LatexOCR's onnx engine reads such a
     model one image per batch (the graphs take no mask), and gives PyTorch's tokens."""
     import dataclasses

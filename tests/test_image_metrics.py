@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 
 from pix2tex.dataset.render import render_images
-from pix2tex.image_metrics import (binarize, column_edit_distance, compare_rendered, drop_blank_columns,
-                                   image_exact_match, image_exact_match_no_ws)
+from pix2tex.image_metrics import (
+    binarize,
+    column_edit_distance,
+    compare_rendered,
+    drop_blank_columns,
+    image_exact_match,
+    image_exact_match_no_ws,
+)
 from pix2tex.report import breakdowns, make_records, render_records, summarize
 from tests.helpers import read_formulas
 
@@ -68,7 +74,8 @@ def test_breakdowns_split_by_length_corpus_and_matrix():
     rows = [("c/images/1.png", "x", "x"), ("c/images/2.png", "y", r"\begin{array}{c} y \end{array}"),
             ("d/images/3.png", "z", " ".join(["z"] * 60))]
     parts = breakdowns(make_records(rows))
-    assert parts["reference length (tokens)"]["<= 20"]["n"] == 2 and parts["reference length (tokens)"]["51-100"]["n"] == 1
+    by_length = parts["reference length (tokens)"]
+    assert by_length["<= 20"]["n"] == 2 and by_length["51-100"]["n"] == 1
     assert set(parts["corpus"]) == {"c", "d"} and parts["matrix or array"]["matrix/array"]["n"] == 1
 
 

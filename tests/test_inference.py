@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from pix2tex.checkpoint import save_model_folder
-from pix2tex.config import ModelConfig
 from pix2tex.cli import expand_inputs
+from pix2tex.config import ModelConfig
 from pix2tex.inference import LatexOCR
 from pix2tex.models.model import get_model
 from pix2tex.normalize import normalize
@@ -44,7 +44,7 @@ def images(tmp_path_factory):
     d = tmp_path_factory.mktemp("imgs")
     names = sorted(p.name for p in (SAMPLE / "images").iterdir())[:2]
     good = [d / "with space.png", d / "ünïcödé.png"]
-    for name, target in zip(names, good):
+    for name, target in zip(names, good, strict=True):
         shutil.copy(SAMPLE / "images" / name, target)
     bad = {
         "zero.png": b"",
@@ -65,7 +65,7 @@ def test_predict_many_with_errors_in_between(model_dir, images):
     assert [r.source for r in results] == [str(p) for p in (good[0], *bad, good[1])]
     assert results[0].error is None and results[-1].error is None
     assert isinstance(results[0].latex, str) and results[0].confidence <= 0
-    for r, path in zip(results[1:-1], bad):
+    for r, path in zip(results[1:-1], bad, strict=True):
         assert r.latex is None and r.error.startswith(str(path)) and "\n" not in r.error
     assert "over the" in results[4].error  # the bomb is refused from its header
     with pytest.raises(ValueError, match="zero.png"):
@@ -149,7 +149,7 @@ def test_cli_predict_reports_each_bad_file_and_exits_nonzero(model_dir, images):
     assert lines[0]["latex"] is not None and lines[-1]["latex"] is not None
     errors = [x for x in r.stderr.decode().splitlines() if x.startswith("error: ")]
     assert len(errors) == len(bad)
-    assert all(str(p) in e for p, e in zip(bad, errors))
+    assert all(str(p) in e for p, e in zip(bad, errors, strict=True))
 
 
 def test_cli_predict_stdin_text_format(model_dir, images):
@@ -160,7 +160,7 @@ def test_cli_predict_stdin_text_format(model_dir, images):
     assert r.stdout.decode().strip() == expected
 
 
-def test_cli_errors(model_dir, tmp_path):
+def test_cli_errors(tmp_path):
     r = _cli("predict", "x.png", "--checkpoint", str(tmp_path))
     assert r.returncode == 2 and "not a model folder" in r.stderr.decode()
     r = _cli("predict", "x.png", "--encoder-batch", "0")
@@ -190,7 +190,8 @@ def test_glyph_scale_enlarges_what_the_model_reads(model_dir, images, tmp_path):
     with pytest.raises(ValueError, match="glyph_scale needs rescale"):
         LatexOCR(model_dir, device="cpu", glyph_scale=1.2, rescale=False)
     r = _cli("predict", str(good[0]), "--checkpoint", str(model_dir), "--glyph-scale", "0")
-    assert r.returncode == 2 and r.stderr.decode().strip() == "error: glyph_scale must be a number from 0.5 to 2.0, got 0.0"
+    assert r.returncode == 2
+    assert r.stderr.decode().strip() == "error: glyph_scale must be a number from 0.5 to 2.0, got 0.0"
     r = _cli("predict", str(good[0]), "--glyph-scale", "1.2", "--no-rescale")
     assert r.returncode == 2 and "--glyph-scale and --glyph-estimator need rescaling" in r.stderr.decode()
     from pix2tex.eval import main as eval_main
@@ -248,7 +249,7 @@ def test_multi_scale_reading_keeps_the_consensus_of_single_scale_readings(model_
     results = multi.predict([good[0], bad[0], good[1]])
     assert [r.error is None for r in results] == [True, False, True]
     distinct = 0
-    for image, result in zip(good, (results[0], results[2])):
+    for image, result in zip(good, (results[0], results[2]), strict=True):
         singles = [LatexOCR(model_dir, device="cpu", glyph_scale=s, batch_size=1).predict([image])[0]
                    for s in multi.scales]
         chosen = singles[consensus([r.latex for r in singles])]

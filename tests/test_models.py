@@ -13,9 +13,9 @@ from PIL import Image
 
 from pix2tex.config import ConfigError, ModelConfig
 from pix2tex.models import Generation, Model, count_parameters, get_model, model_summary
-from pix2tex.models.steps import LeanStep, LibraryStep
-from pix2tex.models.hybrid import min_patch_size
 from pix2tex.models.decoding import LOOP_MIN_TOKENS, cut_loop
+from pix2tex.models.hybrid import min_patch_size
+from pix2tex.models.steps import LeanStep, LibraryStep
 from pix2tex.models.transformer import generation_logprobs, top_k_filter, top_p_filter
 from pix2tex.normalize import normalize
 from pix2tex.tokenizer import BOS_ID, EOS_ID, PAD_ID, LatexTokenizer
@@ -159,7 +159,7 @@ def test_cached_sampling_equals_uncached_with_same_generator(vit):
 def test_cached_generation_projects_memory_once(vit):
     """x-transformers' step: cross-attention keys/values of the memory come from the cache after the first step."""
     layers = vit.decoder.net.attn_layers
-    cross = [block for (_, block, _), kind in zip(layers.layers, layers.layer_types) if kind == "c"]
+    cross = [block for (_, block, _), kind in zip(layers.layers, layers.layer_types, strict=True) if kind == "c"]
     rows_projected = []
     hooks = [attn.to_k.register_forward_hook(lambda _m, inp, _out: rows_projected.append(inp[0].shape[1]))
              for attn in cross]
@@ -219,7 +219,7 @@ def test_fast_step_projects_memory_once(vit):
     assert [t.shape[2] for t in cross] == [memory.shape[1]] * 4  # 2 cross-attention layers, keys and values
     for token in range(4, 8):
         step(torch.full((2, 1), token), cache)
-    assert all(a is b for a, b in zip(cross, (t for kv in cache.cross_kv for t in kv)))
+    assert all(a is b for a, b in zip(cross, (t for kv in cache.cross_kv for t in kv), strict=True))
 
 
 def test_fast_step_declines_options_it_does_not_implement():
@@ -386,7 +386,7 @@ def brute_force_best(model: Model, image: torch.Tensor, steps: int, length_penal
         ids[i, : len(s)] = torch.tensor(s)
     per_token = teacher_forced_logprobs(model, image.expand(len(seqs), -1, -1, -1), ids)
     totals = [float(per_token[i, : len(s)].sum()) for i, s in enumerate(seqs)]
-    scores = [t / len(s) ** length_penalty for t, s in zip(totals, seqs)]
+    scores = [t / len(s) ** length_penalty for t, s in zip(totals, seqs, strict=True)]
     best = max(range(len(seqs)), key=scores.__getitem__)
     return seqs[best], totals[best] / len(seqs[best])
 
@@ -481,8 +481,7 @@ def test_seed_decoder_args_work_with_the_cache():
 
 
 def _real_batch(sample_dir: Path, n: int, cfg: ModelConfig) -> tuple[list[np.ndarray], torch.Tensor, torch.Tensor]:
-    from pix2tex.dataset.transforms import to_batch
-    from pix2tex.preprocess import prepare
+    from pix2tex.preprocess import prepare, to_batch
 
     paths = sorted((sample_dir / "images").glob("*.png"))[:n]
     arrays = [prepare(Image.open(p), patch_size=cfg.patch_size, max_height=cfg.max_height,
@@ -493,7 +492,7 @@ def _real_batch(sample_dir: Path, n: int, cfg: ModelConfig) -> tuple[list[np.nda
 
 @pytest.mark.parametrize("decoding", ["greedy", "beam"])
 def test_masked_model_reads_an_image_the_same_alone_and_in_a_mixed_batch(sample_dir, decoding):
-    from pix2tex.dataset.transforms import to_batch
+    from pix2tex.preprocess import to_batch
 
     model = tiny_model(dim=64, heads=4, num_tokens=60, max_height=128, max_width=640, max_seq_len=16,
                        backbone_channels=[32, 64], stem_channels=32, backbone_norm="batch", mask_padding=True)
@@ -514,7 +513,7 @@ def test_masked_model_reads_an_image_the_same_alone_and_in_a_mixed_batch(sample_
 
 
 def test_padding_changes_an_unmasked_models_memory_but_not_a_masked_ones(sample_dir):
-    from pix2tex.dataset.transforms import to_batch
+    from pix2tex.preprocess import to_batch
 
     for masked in (False, True):
         model = tiny_model(dim=64, heads=4, max_height=128, max_width=640, backbone_channels=[32, 64],

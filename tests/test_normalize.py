@@ -85,10 +85,11 @@ def test_normalized_formulas_typeset_like_the_originals():
         ("im2latex_val", r"\d { \cal V } _ { A }"), ("im2latex170k_arxiv2018", r"\widehat { { \beta } }"),
         ("arxiv_display_math", r"\boldsymbol { { W } } _ { 1 }")]]
     normalized = [normalize(f) for f in formulas]
-    assert sum(r"\math" in n and r"\math" not in f for f, n in zip(formulas, normalized)) > 100  # switches folded
+    pairs = zip(formulas, normalized, strict=True)
+    assert sum(r"\math" in n and r"\math" not in f for f, n in pairs) > 100  # switches folded
     before, after = render_images(formulas), render_images(normalized)
     compared = 0
-    for f, a, b in zip(formulas, before, after):
+    for f, a, b in zip(formulas, before, after, strict=True):
         if a.image is None:
             continue  # the raw label is refused (an allow-list miss such as \rm); its normal form is checked below
         assert b.image is not None and np.array_equal(np.asarray(a.image), np.asarray(b.image)), f

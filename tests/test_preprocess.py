@@ -17,8 +17,18 @@ from PIL import Image
 
 from pix2tex.config import ModelConfig
 from pix2tex.preprocess import (
-    DEFAULT_GLYPH_HEIGHT, GLYPH_ESTIMATORS, MARGIN, MAX_PIXELS, BlankImageError, ImageLoadError, crop_to_content,
-    estimate_glyph_height, invert_if_dark, load_image, normalize_contrast, prepare,
+    DEFAULT_GLYPH_HEIGHT,
+    GLYPH_ESTIMATORS,
+    MARGIN,
+    MAX_PIXELS,
+    BlankImageError,
+    ImageLoadError,
+    crop_to_content,
+    estimate_glyph_height,
+    invert_if_dark,
+    load_image,
+    normalize_contrast,
+    prepare,
 )
 from tests.helpers import SAMPLE as SAMPLE_DIR
 from tests.helpers import png_header_only

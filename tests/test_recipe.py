@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -16,7 +18,7 @@ BASE = {"scheduler": "WarmupCosine", "max_lr": 2e-3, "min_lr": 2e-5, "warmup_ste
 def test_warmup_cosine_shape():
     rates = [warmup_cosine(s, 10, 100, 2e-3, 2e-5) for s in range(120)]
     assert rates[0] == pytest.approx(2e-4) and rates[9] == pytest.approx(2e-3)
-    assert all(a >= b for a, b in zip(rates[10:], rates[11:]))  # never rises after the warm-up
+    assert all(a >= b for a, b in itertools.pairwise(rates[10:]))  # never rises after the warm-up
     assert rates[100] == pytest.approx(2e-5) and rates[119] == pytest.approx(2e-5)  # stays at min_lr after the end
     assert rates[55] == pytest.approx((2e-3 + 2e-5) / 2)  # halfway down the cosine
 
@@ -62,7 +64,7 @@ def test_light_augmentation_is_milder_than_full():
     diffs = {}
     for level in ("light", "full"):
         total = 0.0
-        for seed in range(40):
+        for _ in range(40):
             transform = train_transform(level)
             transform.set_random_seed(int(rng.integers(1 << 30)))
             out = transform(image=image)["image"]

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from pix2tex.dataset import render as R
+from pix2tex.dataset import tex
 from pix2tex.dataset.render import (
     FONTS,
     RenderError,
@@ -260,8 +261,8 @@ def test_unclear_failures_are_bisected(tmp_path):
 def test_dvi_page_tags_reject_truncated_files(tmp_path):
     run = run_tex(GOOD, "cm", tmp_path, timeout_s=30)
     data = run.dvi.read_bytes()
-    assert R._dvi_page_tags(data) == [1, 2, 3]
-    assert R._dvi_page_tags(data[:-10]) is None
+    assert tex._dvi_page_tags(data) == [1, 2, 3]
+    assert tex._dvi_page_tags(data[:-10]) is None
 
 
 def test_choose_style_is_seeded_and_spread():
@@ -271,7 +272,7 @@ def test_choose_style_is_seeded_and_spread():
     assert {f for f, _ in styles} == set(settings.fonts)
     assert {d for _, d in styles} == set(settings.dpi_levels())
     other = [choose_style(i, RenderSettings(seed=1)) for i in range(600)]
-    assert sum(a != b for a, b in zip(styles, other)) > 400
+    assert sum(a != b for a, b in zip(styles, other, strict=True)) > 400
     assert settings.dpi[0] <= 100 <= settings.dpi[1]  # real im2latex renders are at ~100 dpi
 
 
@@ -296,7 +297,7 @@ def test_dataset_is_deterministic_and_labels_match_images(tmp_path):
     lines = (tmp_path / "a" / "labels.tsv").read_text(encoding="utf-8").splitlines()
     good = [0, 2, 5, 6, 7, 8]
     assert [line.split("\t")[0] for line in lines] == [f"images/{i:07d}.png" for i in good]
-    for line, i in zip(lines, good):
+    for line, i in zip(lines, good, strict=True):
         path, label = line.split("\t")
         assert label == normalize(formulas[i]) and label
         image = Image.open(tmp_path / "a" / path)
@@ -316,7 +317,8 @@ def test_cli_writes_outputs_and_reports_errors(tmp_path, capsys):
                  "--dpi", "90", "110", "--workers", "1", "--seed", "7"])
     assert code == 0
     labels = (out / "labels.tsv").read_text(encoding="utf-8").splitlines()
-    assert [line.split("\t")[0] for line in labels] == ["images/0000000.png", "images/0000002.png", "images/0000005.png"]
+    expected = ["images/0000000.png", "images/0000002.png", "images/0000005.png"]
+    assert [line.split("\t")[0] for line in labels] == expected
     failed = [line.split("\t") for line in (out / "failed.tsv").read_text(encoding="utf-8").splitlines()]
     assert failed == [
         ["1", UNCOMPILABLE, "! Missing \\right. inserted."],

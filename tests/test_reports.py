@@ -52,7 +52,7 @@ def test_error_table_counts_each_edit_once_and_groups_images_by_structure(tmp_pa
              r"\sum _ { i = 1 } ^ { n } x _ { i }",  # misses "^ { \prime }": 4 deletions
              r"\bar { x } = y",                       # one substitution
              r"\left( x \right) ,"]                   # one insertion
-    _write(tmp_path / "p.tsv", [(f"{k}.png", p, r) for k, (p, r) in enumerate(zip(preds, refs))])
+    _write(tmp_path / "p.tsv", [(f"{k}.png", p, r) for k, (p, r) in enumerate(zip(preds, refs, strict=True))])
     assert errors.main([str(tmp_path / "p.tsv"), "--json"]) == 0
     table = json.loads(capsys.readouterr().out)
     edits = table["edits"]

@@ -10,9 +10,9 @@ import httpx
 import pytest
 from PIL import Image
 
+from benchmarks.serve import Server
 from pix2tex.inference import LatexOCR
 from tests.helpers import SAMPLE, png_header_only
-from benchmarks.serve import Server
 
 # Mixed sizes on purpose: batched together they are padded, and must read as they do alone.
 IMAGES = ["images/1cbb05a562.png", "images/66667cee5b.png", "images/ed164cc822.png", "images/e265f9dc6b.png",
@@ -149,7 +149,7 @@ def test_limits_413_and_503(tight_server, image_bytes):
     assert refused.headers["retry-after"] == "1" and "busy" in refused.json()["detail"]
 
 
-def test_bodies_over_the_limit_get_413_on_every_endpoint_chunked_or_not(tight_server, image_bytes):
+def test_bodies_over_the_limit_get_413_on_every_endpoint_chunked_or_not(tight_server):
     """A chunked body over the limit is a 413 on the multipart and JSON endpoints too (not the form
     parser's 400), and a client that sends its whole declared body before reading the answer
     (http.client, as requests does) gets the 413 with its reason, not a connection reset."""

@@ -22,7 +22,7 @@ def test_special_ids_and_size(tokenizer):
     assert [tokenizer.hf.token_to_id(t) for t in ("[PAD]", "[BOS]", "[EOS]")] == [PAD_ID, BOS_ID, EOS_ID]
 
 
-def test_round_trip_is_exact(tokenizer, formulas):
+def test_round_trip_is_exact(tokenizer):
     held_out = [normalize(f) for f in read_formulas("im2latex_val", 300, start=5000)]
     ids, mask = tokenizer.encode(held_out)
     assert tokenizer.decode(ids) == held_out

@@ -17,8 +17,7 @@ from pix2tex.dataset.dataset import Im2LatexDataset
 from pix2tex.distributed import Dist
 from pix2tex.models import get_model
 from pix2tex.tokenizer import LatexTokenizer
-from pix2tex.train import (CheckpointWriter, build_optimizer, build_scheduler, check_resumable, main,
-                           train_step)
+from pix2tex.train import CheckpointWriter, build_optimizer, build_scheduler, check_resumable, main, train_step
 from tests.helpers import SAMPLE, TINY, tiny_model
 
 SETTINGS = {"optimizer": "AdamW", "scheduler": "WarmupCosine", "max_lr": 1e-3, "min_lr": 1e-5, "warmup_steps": 2,
@@ -88,9 +87,11 @@ def test_checkpoint_writer_writes_loadable_folders_and_states_on_rank_0_only(rea
     writer.state(step=3, epoch=1, batch=7, best_bleu=0.25, cpu_seconds=12.5)
     loaded, loaded_config, _, meta = load_model_folder(tmp_path / "last")
     assert meta["step"] == 3 and loaded_config == config.model
-    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    pairs = zip(loaded.state_dict().values(), model.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
     state = load_resume_state(tmp_path / "last.pt")
-    assert (state["step"], state["epoch"], state["batch"], state["best_bleu"], state["cpu_seconds"]) == (3, 1, 7, 0.25, 12.5)
+    kept = (state["step"], state["epoch"], state["batch"], state["best_bleu"], state["cpu_seconds"])
+    assert kept == (3, 1, 7, 0.25, 12.5)
     assert state["config"] == config.to_dict()
     other = tmp_path / "rank1"
     quiet = CheckpointWriter(other, model, config, tokenizer, optimizer, scheduler, is_main=False)

@@ -39,8 +39,17 @@ from pix2tex.dataset.samples import SampleTable, Size
 from pix2tex.dataset.transforms import test_transform, train_transform
 from pix2tex.fileio import FileReadError, atomic_path, read_limited
 from pix2tex.normalize import normalize
-from pix2tex.preprocess import (DEFAULT_GLYPH_HEIGHT, GLYPH_ESTIMATORS, MAX_FILE_BYTES, check_glyph_estimator,
-                                canvas_sizes, crop_to_content, estimate_glyph_height, prepare, to_batch)
+from pix2tex.preprocess import (
+    DEFAULT_GLYPH_HEIGHT,
+    GLYPH_ESTIMATORS,
+    MAX_FILE_BYTES,
+    canvas_sizes,
+    check_glyph_estimator,
+    crop_to_content,
+    estimate_glyph_height,
+    prepare,
+    to_batch,
+)
 from pix2tex.tokenizer import LatexTokenizer
 
 __all__ = [
@@ -318,7 +327,7 @@ class Im2LatexDataset:
                 pickle.dump(self.to_dict(), fh, protocol=pickle.HIGHEST_PROTOCOL)
 
     @classmethod
-    def load(cls, filename: str | os.PathLike, tokenizer: str | os.PathLike | None = None) -> "Im2LatexDataset":
+    def load(cls, filename: str | os.PathLike, tokenizer: str | os.PathLike | None = None) -> Im2LatexDataset:
         """Read a dataset written by :meth:`save` (safe: plain data only).
 
         Image folders (roots) may be relative: they are relative to the .pkl file's folder.
@@ -342,7 +351,7 @@ class Im2LatexDataset:
         return ds
 
     @classmethod
-    def load_dict(cls, data: Any, source: str = "<dict>") -> "Im2LatexDataset":
+    def load_dict(cls, data: Any, source: str = "<dict>") -> Im2LatexDataset:
         """A dataset from :meth:`to_dict`'s plain data (no tokenizer loaded, roots as stored)."""
         filename = source
         if not isinstance(data, dict) or data.get("format") != "pix2tex-dataset":
@@ -366,7 +375,7 @@ class Im2LatexDataset:
     def __len__(self) -> int:
         return len(self.samples)
 
-    def combine(self, other: "Im2LatexDataset") -> None:
+    def combine(self, other: Im2LatexDataset) -> None:
         """Append the samples of ``other`` (its image folders are kept as separate roots)."""
         self.samples = self.samples.concat(other.samples)
         self.skipped.update(other.skipped)
@@ -679,11 +688,12 @@ def combine_files(paths: Sequence[str | os.PathLike]) -> Im2LatexDataset:
     model is trained on one measure), and their tokenizers must be the same file or absent."""
     first, *rest = [Im2LatexDataset.load(p) for p in paths]
     tokenizer = first.tokenizer_path
-    for path, ds in zip(paths[1:], rest):
+    for path, ds in zip(paths[1:], rest, strict=True):
         if ds.glyph_estimator != first.glyph_estimator:
             raise DatasetError(f"{path}: glyphs measured with {ds.glyph_estimator!r}, {paths[0]} with "
                                f"{first.glyph_estimator!r} (python -m pix2tex.dataset.dataset --remeasure)")
-        if None not in (tokenizer, ds.tokenizer_path) and Path(tokenizer).resolve() != Path(ds.tokenizer_path).resolve():
+        if (None not in (tokenizer, ds.tokenizer_path)
+                and Path(tokenizer).resolve() != Path(ds.tokenizer_path).resolve()):
             raise DatasetError(f"{path}: tokenizer {ds.tokenizer_path}, {paths[0]} has {tokenizer}")
         first.combine(ds)
         tokenizer = tokenizer or ds.tokenizer_path

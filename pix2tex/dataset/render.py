@@ -54,26 +54,25 @@ from pathlib import Path
 
 from PIL import Image
 
+# The underscored names are tex.py's private helpers, shared with the batching below.
 from pix2tex.dataset.tex import (
+    _LINES_PER_FORMULA,
     FONTS,
     FORBIDDEN_COMMANDS,
     MAX_FORMULA_CHARS,
     UNSAFE_NO_SANDBOX,
     RenderError,
     TexRun,
-    check_formula,
-    run_tex,
-    sandboxed,
-    # private helpers the batching below uses
-    _LINES_PER_FORMULA,
     _dvipng_reason,
     _first_formula_line,
     _load_page,
     _one_line,
     _require_tools,
     _run_dvipng,
+    check_formula,
+    run_tex,
+    sandboxed,
 )
-from pix2tex.dataset.tex import _dvi_page_tags  # noqa: F401  (re-exported: tests read it from here)
 from pix2tex.fileio import atomic_write_text
 from pix2tex.normalize import normalize
 
@@ -290,7 +289,7 @@ def _check_and_render(formulas: Sequence[str], font: str, dpis: Sequence[int], w
         if 1 < len(todo) < len(formulas):
             rendered = _check_independence(rendered, [formulas[i] for i in todo], font, [dpis[i] for i in todo],
                                            workdir / "reversed", timeout_s)
-        for i, result in zip(todo, rendered):
+        for i, result in zip(todo, rendered, strict=True):
             outcome[i] = result
     return outcome  # type: ignore[return-value]
 
@@ -309,7 +308,7 @@ def _check_independence(rendered: list[Image.Image | str], formulas: Sequence[st
     """
     again = _render_batch(list(formulas)[::-1], font, list(dpis)[::-1], workdir, timeout_s)[::-1]
     out = []
-    for first, second in zip(rendered, again):
+    for first, second in zip(rendered, again, strict=True):
         if isinstance(first, Image.Image) and isinstance(second, Image.Image):
             same = first.size == second.size and first.tobytes() == second.tobytes()
             out.append(first if same else INTERFERENCE)
@@ -334,7 +333,7 @@ def render_images(formulas: Sequence[str], font: str = "cm", dpi: int = 100,
         outcome = _check_and_render(formulas, font, [dpi] * len(formulas), Path(tmp), timeout_s)
     return [
         RenderResult(f, None, o) if isinstance(o, str) else RenderResult(f, o, None)
-        for f, o in zip(formulas, outcome)
+        for f, o in zip(formulas, outcome, strict=True)
     ]
 
 
@@ -361,7 +360,7 @@ def _run_job(job: _Job) -> list[tuple[int, str | None, str | None]]:
     try:
         outcome = _check_and_render(job.formulas, job.font, job.dpis, job.workdir, job.timeout_s)
         out: list[tuple[int, str | None, str | None]] = []
-        for line, formula, result in zip(job.lines, job.formulas, outcome):
+        for line, formula, result in zip(job.lines, job.formulas, outcome, strict=True):
             try:
                 label = normalize(formula) if not isinstance(result, str) else ""
             except (ValueError, RecursionError) as exc:  # one bad formula is skipped, never fatal

@@ -60,7 +60,8 @@ class BatchSampler:
         buckets: dict[tuple[int, int], list[int]] = defaultdict(list)
         p = self.patch_size
         for i, size in self._fitting(table, lengths):
-            key = (math.ceil(max(size.height, self.min_size.height) / p), math.ceil(max(size.width, self.min_size.width) / p))
+            key = (math.ceil(max(size.height, self.min_size.height) / p),
+                   math.ceil(max(size.width, self.min_size.width) / p))
             buckets[key] += [i] * self._copies(table, i, rng)
         out: list[list[int]] = []
         # Neighbouring buckets are merged until a batch fills, so rare sizes are not dropped.

@@ -30,7 +30,7 @@ class Size(NamedTuple):
     width: int
 
     @classmethod
-    def from_wh(cls, dimensions: Sequence[int]) -> "Size":
+    def from_wh(cls, dimensions: Sequence[int]) -> Size:
         """A size from the seed's (width, height) settings."""
         width, height = dimensions
         return cls(int(height), int(width))
@@ -87,18 +87,18 @@ class SampleTable:
         """Number of samples per corpus."""
         return Counter(self.corpus(i) for i in range(len(self)))
 
-    def concat(self, other: "SampleTable") -> "SampleTable":
+    def concat(self, other: SampleTable) -> SampleTable:
         """This table's rows, then ``other``'s (its image folders kept as roots of their own)."""
         offset = len(self.roots)
         return SampleTable(self.roots + other.roots, self.root_ids + tuple(r + offset for r in other.root_ids),
                            *(getattr(self, c) + getattr(other, c) for c in self.COLUMNS[1:]))
 
-    def subset(self, indices: Iterable[int]) -> "SampleTable":
+    def subset(self, indices: Iterable[int]) -> SampleTable:
         """The rows ``indices``, in that order (all roots kept)."""
         rows = list(indices)
         return dataclasses.replace(self, **{c: [getattr(self, c)[i] for i in rows] for c in self.COLUMNS})
 
-    def with_roots(self, roots: Sequence[str]) -> "SampleTable":
+    def with_roots(self, roots: Sequence[str]) -> SampleTable:
         """The same rows with their image folders moved (one new path per root)."""
         if len(roots) != len(self.roots):
             raise ValueError(f"{len(roots)} image folders given for {len(self.roots)}")

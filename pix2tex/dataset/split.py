@@ -31,7 +31,8 @@ def assign_split(formula: str, val: float, test: float, seed: int) -> str:
     return "test" if u < test else "valid" if u < test + val else "train"
 
 
-def split_labels(pairs: Sequence[tuple[str, str]], val: float, test: float, seed: int) -> dict[str, list[tuple[str, str]]]:
+def split_labels(pairs: Sequence[tuple[str, str]], val: float, test: float,
+                 seed: int) -> dict[str, list[tuple[str, str]]]:
     """Group (image path, normalized label) pairs into splits, one sample per distinct label."""
     out: dict[str, list[tuple[str, str]]] = {s: [] for s in SPLITS}
     seen: set[str] = set()
@@ -70,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     splits = split_labels(pairs, args.val, args.test, args.seed)
     for name, rows in splits.items():
-        atomic_write_text(out / f"{name}.tsv", "".join(f"{i}\t{l}\n" for i, l in rows))
+        atomic_write_text(out / f"{name}.tsv", "".join(f"{i}\t{latex}\n" for i, latex in rows))
     counts = ", ".join(f"{name} {len(rows)}" for name, rows in splits.items())
     print(f"{len(pairs)} samples, {sum(map(len, splits.values()))} distinct formulas: {counts}")
     return 0

@@ -1,4 +1,4 @@
-"""Image transforms: training augmentation and the tensor conversion shared with inference.
+"""Image transforms: the augmentation of training images.
 
 Images everywhere are grayscale ``uint8`` arrays ``[H, W]``, dark ink on a white background.
 ``train_transform`` makes the project's clean TeX renders look like formulas cut out of real
@@ -17,11 +17,7 @@ import cv2
 if TYPE_CHECKING:
     import albumentations as A
 
-# The model-input conversion lives with the rest of input preparation (pix2tex.preprocess), so that
-# prediction never imports this training-data package; these names stay importable from here.
-from pix2tex.preprocess import MEAN, STD, to_batch  # noqa: E402,F401
-
-__all__ = ["MEAN", "STD", "train_transform", "test_transform", "to_batch"]
+__all__ = ["train_transform", "test_transform"]
 
 WHITE = 255
 
@@ -33,8 +29,8 @@ def train_transform(level: str = "full") -> A.Compose:
     cannot read yet learns faster from cleaner images); "full" adds distortion, stroke width,
     noise, resolution loss and JPEG artefacts.
     """
-    # Imported here, not at the top: prediction needs only to_batch, and albumentations adds
-    # ~30 MB and a third of a second to every `pix2tex predict`.
+    # Imported here, not at the top: only training augments, and albumentations is slow to import
+    # (code that only reads datasets, such as pix2tex.eval, never pays for it).
     import albumentations as A
 
     if level == "light":

@@ -8,7 +8,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
     import x_transformers  # noqa: F401
 
-from pix2tex.models.transformer import Generation, TextDecoder
 from pix2tex.models.model import Model, ModelOutput, count_parameters, get_model, model_summary
+from pix2tex.models.transformer import Generation, TextDecoder
 
 __all__ = ["Generation", "Model", "ModelOutput", "TextDecoder", "count_parameters", "get_model", "model_summary"]

@@ -135,7 +135,10 @@ def top_k_filter(logits: Tensor, k: int) -> Tensor:
 
 
 def top_p_filter(logits: Tensor, p: float) -> Tensor:
-    """Nucleus filter: keep the fewest most likely tokens whose probabilities sum to >= ``p`` (the best always stays)."""
+    """Nucleus filter: keep the fewest most likely tokens whose probabilities sum to >= ``p``.
+
+    The most likely token always stays.
+    """
     if not 0.0 < p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {p}")
     if p == 1.0:

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pix2tex.config import ModelConfig
-from pix2tex.models.hybrid import build_hybrid_encoder
 from pix2tex.models.decoding import DecoderStep
+from pix2tex.models.hybrid import build_hybrid_encoder
 from pix2tex.models.transformer import Generation, TextDecoder
 from pix2tex.models.vit import ImageEncoder, build_vit_encoder, patch_mask
 from pix2tex.tokenizer import PAD_ID

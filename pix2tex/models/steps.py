@@ -29,8 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from x_transformers import TransformerWrapper
-from x_transformers.x_transformers import (AbsolutePositionalEmbedding, Attention, FeedForward, LayerIntermediates,
-                                           LayerNorm, Residual, TokenEmbedding)
+from x_transformers.x_transformers import (
+    AbsolutePositionalEmbedding,
+    Attention,
+    FeedForward,
+    LayerIntermediates,
+    LayerNorm,
+    Residual,
+    TokenEmbedding,
+)
 
 from pix2tex.models.decoding import FlatCache
 
@@ -60,7 +67,7 @@ class LeanStep:
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
-    def build(cls, net: TransformerWrapper, check_memory: Tensor) -> "LeanStep | None":
+    def build(cls, net: TransformerWrapper, check_memory: Tensor) -> LeanStep | None:
         """A lean step for ``net`` if its structure is covered and it reproduces the library's step."""
         layers = _covered_layers(net)
         if layers is None:
@@ -187,8 +194,8 @@ class LeanStepGraph(nn.Module):
 
     def forward(self, tokens: Tensor, *past: Tensor) -> tuple[Tensor, ...]:
         pairs = [(past[2 * j], past[2 * j + 1]) for j in range(len(self.kinds))]
-        self_past = [kv for kind, kv in zip(self.kinds, pairs) if kind == SELF]
-        cross_kv = [kv for kind, kv in zip(self.kinds, pairs) if kind == CROSS]
+        self_past = [kv for kind, kv in zip(self.kinds, pairs, strict=True) if kind == SELF]
+        cross_kv = [kv for kind, kv in zip(self.kinds, pairs, strict=True) if kind == CROSS]
         present: list[Tensor] = []
 
         def grow(i: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
@@ -277,7 +284,7 @@ def _covered_layers(net: TransformerWrapper) -> list[_Layer] | None:
             and isinstance(net.attn_layers.final_norm, LayerNorm) and isinstance(net.to_logits, nn.Linear)):
         return None
     layers = []
-    for kind, (norms, block, residual) in zip(net.attn_layers.layer_types, net.attn_layers.layers):
+    for kind, (norms, block, residual) in zip(net.attn_layers.layer_types, net.attn_layers.layers, strict=True):
         pre, post_branch, post_main = norms
         if not isinstance(pre, LayerNorm) or post_branch is not None or post_main is not None:
             return None  # only pre-norm

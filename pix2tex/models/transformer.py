@@ -15,8 +15,14 @@ from x_transformers import Decoder, TransformerWrapper
 
 from pix2tex.config import ConfigError, ModelConfig
 from pix2tex.models import decoding
-from pix2tex.models.decoding import (Generation, check_max_new_tokens, choose_tokens, generation_logprobs,
-                                     top_k_filter, top_p_filter)
+from pix2tex.models.decoding import (
+    Generation,
+    check_max_new_tokens,
+    choose_tokens,
+    generation_logprobs,
+    top_k_filter,
+    top_p_filter,
+)
 from pix2tex.models.steps import LeanStep, LibraryStep, UncachedStep
 
 __all__ = [

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import timm.models.vision_transformer as timm_vit
 import torch
 from timm.layers import PatchEmbed, trunc_normal_
-import timm.models.vision_transformer as timm_vit
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
