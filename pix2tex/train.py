@@ -33,8 +33,14 @@ from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 from x_transformers.x_transformers import Attention, FeedForward
 
-from pix2tex.checkpoint import (CheckpointError, load_model_folder, load_resume_state, read_folder_files,
-                                save_model_folder, save_resume_state)
+from pix2tex.checkpoint import (
+    CheckpointError,
+    load_model_folder,
+    load_resume_state,
+    read_folder_files,
+    save_model_folder,
+    save_resume_state,
+)
 from pix2tex.config import Config, ConfigError, TrainConfig, load_config, save_config
 from pix2tex.dataset.dataset import BatchDataset, DatasetError, Im2LatexDataset, collate_batch
 from pix2tex.distributed import Dist, DistributedError, init_from_env
@@ -165,7 +171,7 @@ def validate(model: Model, dataset: Im2LatexDataset, tokenizer: LatexTokenizer, 
         references += refs
     model.encoder.use_fused_attention(fused)
     model.train(was_training)
-    return score(predictions, references), list(zip(predictions, references))
+    return score(predictions, references), list(zip(predictions, references, strict=True))
 
 
 def _weights_from(path: str) -> dict[str, torch.Tensor]:
@@ -180,7 +186,8 @@ def _weights_from(path: str) -> dict[str, torch.Tensor]:
 POSITION_TABLES = ("encoder.vit.patch_embed.pos_embed", "decoder.net.pos_emb.emb.weight")
 
 
-def fit_position_tables(state: dict[str, torch.Tensor], model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
+def fit_position_tables(state: dict[str, torch.Tensor],
+                        model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
     """``state`` with each position table smaller than ``model``'s placed in the leading (top-left)
     part of the model's own table; returns it and the names of the tables fitted.
 
@@ -196,7 +203,8 @@ def fit_position_tables(state: dict[str, torch.Tensor], model: torch.nn.Module) 
         if key not in state or key not in own or state[key].shape == own[key].shape:
             continue
         old, new = state[key], own[key].detach().clone()
-        if old.dim() != new.dim() or any(o > n for o, n in zip(old.shape, new.shape)) or old.shape[-1] != new.shape[-1]:
+        shrinks = old.dim() != new.dim() or any(o > n for o, n in zip(old.shape, new.shape, strict=True))
+        if shrinks or old.shape[-1] != new.shape[-1]:
             continue
         new[tuple(slice(0, size) for size in old.shape)] = old
         fitted[key] = new
@@ -410,7 +418,85 @@ def train(config: Config, resume: bool = False, device: torch.device | None = No
         ddp.close()
 
 
-def _train(config: Config, resume: bool, device: torch.device, progress: bool, ddp: Dist) -> TrainResult:
+@dataclass
+class Run:
+    """A training run between two steps: what the loop works with, and what ``last.pt`` keeps."""
+
+    config: Config
+    dir: Path
+    ddp: Dist
+    device: torch.device
+    use_bf16: bool
+    model: Model
+    net: torch.nn.Module  # the model, wrapped in DistributedDataParallel under torchrun
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    ema: ModelEmaV3 | None  # with ema_decay: the running average of the weights
+    train_set: Im2LatexDataset
+    val_set: Im2LatexDataset | None
+    tokenizer: LatexTokenizer
+    writer: CheckpointWriter
+    logger: _Logger | _NullLogger
+    total_steps: int
+    step: int = 0
+    epoch: int = 0
+    next_batch: int = 0  # the next batch of ``epoch`` to train on
+    best_bleu: float = -1.0
+    ema_updates: int = 0
+    cpu_before: float = 0.0  # CPU seconds of the run's earlier processes (resume)
+    cpu_start: float = dataclasses.field(default_factory=time.process_time)
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds of the whole run so far: this process (all its threads) plus earlier ones."""
+        return self.cpu_before + time.process_time() - self.cpu_start
+
+    def stepped(self) -> None:
+        """Count a finished optimizer step (and fold it into the weight average)."""
+        self.step += 1
+        self.next_batch += 1
+        if self.ema is not None:
+            self.ema_updates += 1
+            self.ema.update(self.model, step=self.ema_updates)
+
+    def save_state(self) -> None:
+        self.writer.state(step=self.step, epoch=self.epoch, batch=self.next_batch, best_bleu=self.best_bleu,
+                          cpu_seconds=self.cpu_seconds(), ema_updates=self.ema_updates)
+
+
+def _start_weights(model: Model, t: TrainConfig, is_main: bool) -> None:
+    """A new run's first weights: ``load_chkpt``'s, fitted to the model (wider position tables,
+    more decoder blocks), or the model's own initialisation without one."""
+    if t.load_chkpt is None:
+        return
+    weights, widened = fit_position_tables(_weights_from(t.load_chkpt), model)
+    weights, added = grow_decoder(weights, model)
+    model.load_state_dict(weights)
+    if is_main:
+        print(f"loaded weights from {t.load_chkpt}", file=sys.stderr)
+        for table in widened:
+            print(f"  position table widened: {table}", file=sys.stderr)
+        if added:
+            print(f"  decoder grown by {added} blocks (output projections at zero)", file=sys.stderr)
+
+
+def _weight_average(model: Model, t: TrainConfig, saved: dict[str, Any] | None, step: int,
+                    is_main: bool) -> ModelEmaV3 | None:
+    """The running average of the weights (``ema_decay``), restored from a resume state's."""
+    if not t.ema_decay:
+        return None
+    # With warmup_power 1 the decay of update k is min(1 - 1/k, ema_decay): a plain average of
+    # all updates so far until about 1/(1 - ema_decay) of them, so a new average (a new run, or
+    # a resumed one that had none) weighs the weights it started from no more than any later step's.
+    ema = ModelEmaV3(model, decay=t.ema_decay, use_warmup=True, warmup_gamma=1.0, warmup_power=1.0)
+    if saved is not None:
+        ema.module.load_state_dict(saved)
+    elif step and is_main:
+        print(f"ema_decay {t.ema_decay}: the average of the weights starts at step {step}", file=sys.stderr)
+    return ema
+
+
+def build_run(config: Config, resume: bool, device: torch.device, ddp: Dist) -> Run:
+    """A new run (``load_chkpt``'s weights, or fresh ones), or with ``resume`` the one ``last.pt`` holds."""
     t, m = config.train, config.model
     if ddp.active:
         if t.batchsize % ddp.world:
@@ -426,177 +512,164 @@ def _train(config: Config, resume: bool, device: torch.device, progress: bool, d
     random.seed(t.seed)
     model = get_model(m).to(device)
     if ddp.is_main:
-        where = f"; {ddp.world} processes" if ddp.active else ""
-        print(f"{model_summary(model)}; device {device}{where}", file=sys.stderr)
-
-    batches_per_epoch = len(train_set.batches(0))
-    total_steps = t.max_steps if t.max_steps is not None else t.epochs * batches_per_epoch
+        procs = f"; {ddp.world} processes" if ddp.active else ""
+        print(f"{model_summary(model)}; device {device}{procs}", file=sys.stderr)
+    total_steps = t.max_steps if t.max_steps is not None else t.epochs * len(train_set.batches(0))
     state = load_resume_state(run_dir / "last.pt") if resume else None
     # A state saved before parameter groups existed holds one group: it resumes with one, exactly.
     one_group = state is not None and len(state["optimizer"]["param_groups"]) == 1
     optimizer = build_optimizer(model, config, one_group=one_group)
     scheduler = build_scheduler(optimizer, config, total_steps)
-    step, epoch, start_batch, best_bleu = 0, 0, 0, -1.0
-    cpu_before = 0.0  # CPU seconds of earlier processes of this run (resume)
-    ema_state, ema_updates = None, 0
-
+    where: dict[str, Any] = {}
     if state is not None:
         check_resumable(state["config"], config)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        step, epoch, start_batch, best_bleu = state["step"], state["epoch"], state["batch"], state["best_bleu"]
-        cpu_before = float(state.get("cpu_seconds", 0.0))  # absent in states written before it was kept
-        ema_state, ema_updates = state.get("ema"), int(state.get("ema_updates", 0))
+        where = {"step": state["step"], "epoch": state["epoch"], "next_batch": state["batch"],
+                 "best_bleu": state["best_bleu"],
+                 "cpu_before": float(state.get("cpu_seconds", 0.0)),  # absent in states before it was kept
+                 "ema_updates": int(state.get("ema_updates", 0)) if state.get("ema") is not None else 0}
         _set_rng_state(state["rng"])
-        state = None  # the saved tensors are in the model and optimizer now: free the copies
         if ddp.is_main:
-            print(f"resumed {run_dir / 'last.pt'} at step {step} (epoch {epoch}, batch {start_batch})",
-                  file=sys.stderr)
-    elif t.load_chkpt is not None:
-        weights, widened = fit_position_tables(_weights_from(t.load_chkpt), model)
-        weights, added = grow_decoder(weights, model)
-        model.load_state_dict(weights)
-        if ddp.is_main:
-            print(f"loaded weights from {t.load_chkpt}", file=sys.stderr)
-            for table in widened:
-                print(f"  position table widened: {table}", file=sys.stderr)
-            if added:
-                print(f"  decoder grown by {added} blocks (output projections at zero)", file=sys.stderr)
-    ema = None
-    if t.ema_decay:
-        # With warmup_power 1 the decay of update k is min(1 - 1/k, ema_decay): a plain average of
-        # all updates so far until about 1/(1 - ema_decay) of them, so a new average (a new run, or
-        # a resumed one that had none) weighs the weights it started from no more than any later step's.
-        ema = ModelEmaV3(model, decay=t.ema_decay, use_warmup=True, warmup_gamma=1.0, warmup_power=1.0)
-        if ema_state is not None:
-            ema.module.load_state_dict(ema_state)
-        else:
-            ema_updates = 0
-            if step and ddp.is_main:
-                print(f"ema_decay {t.ema_decay}: the average of the weights starts at step {step}", file=sys.stderr)
-    ema_state = None
+            print(f"resumed {run_dir / 'last.pt'} at step {where['step']} (epoch {where['epoch']}, "
+                  f"batch {where['next_batch']})", file=sys.stderr)
+    else:
+        _start_weights(model, t, ddp.is_main)
+    ema = _weight_average(model, t, None if state is None else state.get("ema"), where.get("step", 0),
+                          ddp.is_main)
+    state = None  # the saved tensors are in the model and optimizer now: free the copies
     # Only rank 0 writes: config, metrics, model folders and resume states.
     if ddp.is_main:
         save_config(config, run_dir / "config.yaml")
     logger = _Logger(run_dir, config, resume) if ddp.is_main else _NullLogger()
-    # DDP averages gradients over the ranks (each holds its own share of every global batch).
-    net = torch.nn.parallel.DistributedDataParallel(model) if ddp.active else model
-    cpu_start = time.process_time()
-
-    def cpu_seconds() -> float:
-        """CPU seconds of the whole run so far: this process (all its threads) plus earlier ones."""
-        return cpu_before + time.process_time() - cpu_start
-
     use_bf16 = _use_bf16(device, t.cpu_bf16)
     if use_bf16 and device.type == "cpu":
         model.encoder.use_fused_attention(False)  # same arithmetic; the fused kernel's bf16 backward is slow here
+    return Run(config=config, dir=run_dir, ddp=ddp, device=device, use_bf16=use_bf16, model=model,
+               # DDP averages gradients over the ranks (each holds its own share of every global batch).
+               net=torch.nn.parallel.DistributedDataParallel(model) if ddp.active else model,
+               optimizer=optimizer, scheduler=scheduler, ema=ema, train_set=train_set, val_set=val_set,
+               tokenizer=tokenizer, logger=logger, total_steps=total_steps,
+               writer=CheckpointWriter(run_dir, model, config, tokenizer, optimizer, scheduler, ddp.is_main, ema),
+               **where)
 
-    writer = CheckpointWriter(run_dir, model, config, tokenizer, optimizer, scheduler, ddp.is_main, ema)
 
-    def save_state(epoch_: int, batch_: int) -> None:
-        writer.state(step=step, epoch=epoch_, batch=batch_, best_bleu=best_bleu, cpu_seconds=cpu_seconds(),
-                     ema_updates=ema_updates)
+def validate_and_save(run: Run, bar: tqdm) -> None:
+    """Score the validation set (rank 0; the others wait at the next step's all-reduce), keep the
+    best model folder by BLEU, and write ``last/`` and ``last.pt``."""
+    t = run.config.train
+    # The model reads images measured and scaled as its training images were.
+    meta: dict[str, Any] = {"step": run.step, "epoch": run.epoch, "glyph_scale": t.glyph_scale,
+                            "glyph_estimator": run.train_set.glyph_estimator}
+    if run.val_set is not None and len(run.val_set) and run.ddp.is_main:
+        # val_* score the weights the folders hold (the average, with ema_decay)
+        record: dict[str, Any] = {"step": run.step, "epoch": run.epoch}
+        if run.ema is not None:
+            raw, _ = validate(run.model, run.val_set, run.tokenizer, t.valbatches, run.device)
+            record.update({f"raw_val_{k}": v for k, v in raw.as_dict().items()})
+            bar.write(f"step {run.step}, weights of this step: {raw}")
+        scores, samples = validate(run.model if run.ema is None else run.ema.module, run.val_set, run.tokenizer,
+                                   t.valbatches, run.device)
+        run.logger.log({**record, **{f"val_{k}": v for k, v in scores.as_dict().items()}})
+        bar.write(f"step {run.step}{'' if run.ema is None else ', average'}: {scores}")
+        for pred, ref in samples[: t.test_samples]:
+            bar.write(f"  ref  {ref}\n  pred {pred}")
+        meta["val"] = scores.as_dict()
+        if scores.bleu > run.best_bleu:
+            run.best_bleu = scores.bleu
+            run.writer.folder("best", meta)
+    run.writer.folder("last", meta)
+    run.save_state()
 
-    stop = {"requested": False}
 
-    def on_signal(signum, frame):  # noqa: ARG001
-        # Stop only between steps, in every mode: a signal that landed inside optimizer.step() (two
-        # parameter groups) or the weight-average update and raised there would save a state that
-        # is half one step, half the next.  The flag is looked at after each step (and agreed on by
-        # all ranks under torchrun, so they save once).  A second Ctrl+C stops at once, unsaved.
-        if stop["requested"] and signum == signal.SIGINT:
+class _StopRequest:
+    """While entered, SIGTERM and Ctrl+C ask the loop to stop: it looks at :attr:`requested` after
+    each step (all ranks agree on it under torchrun, so they save once), saves and stops.
+
+    Stopping only between steps, in every mode: a signal that landed inside ``optimizer.step()``
+    (two parameter groups) or the weight-average update and raised there would save a state that
+    is half one step, half the next.  A second Ctrl+C stops at once, unsaved.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _on_signal(self, signum: int, frame: Any) -> None:  # noqa: ARG002 - signal handlers' signature
+        if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        stop["requested"] = True
+        self.requested = True
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    model.train()
-    loss = torch.full((), float("nan"))
-    bar = tqdm(total=total_steps, initial=step, disable=not progress or not ddp.is_main, dynamic_ncols=True,
-               desc="train")
-    batch_index = start_batch
-    finished = step >= total_steps  # the step limit or the CPU budget is reached
-    saved_at = _last_folder_step(run_dir) if resume else -1  # the step of the run's last/ folder
-    try:
-        while not finished and epoch < t.epochs:
-            loader = torch.utils.data.DataLoader(
-                BatchDataset(train_set, epoch, start=batch_index), batch_size=None, shuffle=False,
-                num_workers=t.num_workers, collate_fn=collate_batch, persistent_workers=False)
-            tick = time.perf_counter()
-            for batch in loader:
-                loss, lr = train_step(net, model, batch, optimizer, scheduler, t=t, ddp=ddp, device=device,
-                                      use_bf16=use_bf16)
-                step += 1
-                if ema is not None:
-                    ema_updates += 1
-                    ema.update(model, step=ema_updates)
-                batch_index += 1
-                now = time.perf_counter()
-                rate = batch.images.shape[0] / max(now - tick, 1e-9)  # samples of the global batch
-                tick = now
-                bar.update(1)
-                if not bar.disable:
-                    bar.set_postfix(loss=f"{float(loss):.4f}", samples_s=f"{rate:.1f}")
-                if step % t.log_every == 0 or step == 1:  # the loss leaves the device only here
-                    logger.log({"step": step, "epoch": epoch, "loss": float(loss),
-                                "lr": lr, "samples_per_s": rate, "cpu_s": round(cpu_seconds(), 1)})
-                out_of_cpu = ddp.any(t.max_cpu_minutes is not None and cpu_seconds() >= 60 * t.max_cpu_minutes,
-                                     device)
-                if ddp.any(stop["requested"], device):
-                    raise _Stop()
-                finished = step >= total_steps or out_of_cpu
-                if step % t.sample_freq == 0 or finished:
-                    # Validation runs on rank 0; the others wait for it at the next step's all-reduce.
-                    # The model reads images measured and scaled as its training images were.
-                    meta: dict[str, Any] = {"step": step, "epoch": epoch, "glyph_scale": t.glyph_scale,
-                                            "glyph_estimator": train_set.glyph_estimator}
-                    if val_set is not None and len(val_set) and ddp.is_main:
-                        # val_* score the weights the folders hold (the average, with ema_decay)
-                        record: dict[str, Any] = {"step": step, "epoch": epoch}
-                        if ema is not None:
-                            raw, _ = validate(model, val_set, tokenizer, t.valbatches, device)
-                            record.update({f"raw_val_{k}": v for k, v in raw.as_dict().items()})
-                            bar.write(f"step {step}, weights of this step: {raw}")
-                        scores, samples = validate(model if ema is None else ema.module, val_set, tokenizer,
-                                                   t.valbatches, device)
-                        logger.log({**record, **{f"val_{k}": v for k, v in scores.as_dict().items()}})
-                        bar.write(f"step {step}{'' if ema is None else ', average'}: {scores}")
-                        for pred, ref in samples[: t.test_samples]:
-                            bar.write(f"  ref  {ref}\n  pred {pred}")
-                        meta["val"] = scores.as_dict()
-                        if scores.bleu > best_bleu:
-                            best_bleu = scores.bleu
-                            writer.folder("best", meta)
-                    writer.folder("last", meta)
-                    save_state(epoch, batch_index)
-                    saved_at = step
-                if finished:
-                    break
-            if not finished:  # the epoch's batches are done
-                epoch += 1
-                batch_index = 0
-                if epoch % t.save_freq == 0:
-                    save_state(epoch, 0)
-        if saved_at != step:  # else last/ was written at this step, with its validation scores: keep it
-            writer.folder("last", {"step": step, "epoch": epoch})
-        save_state(epoch, batch_index)  # where a later --resume starts (the next epoch, when they ran out)
-    except _Stop:
-        if ddp.is_main:
-            bar.write(f"interrupted at step {step}: saving {run_dir / 'last.pt'} and {run_dir / 'last'}")
-        save_state(epoch, batch_index)
-        writer.folder("last", {"step": step, "epoch": epoch})
-        raise KeyboardInterrupt from None
-    except KeyboardInterrupt:
-        if ddp.is_main:
-            bar.write(f"interrupted twice at step {step}: stopped without saving (last.pt is the previous save)")
-        raise
-    finally:
-        bar.close()
-        logger.close()
-        for sig, handler in previous.items():
+    def __enter__(self) -> _StopRequest:
+        self._previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-    loss_value = float(loss)
-    return TrainResult(step, epoch, best_bleu, loss_value, run_dir, ddp.is_main)
+
+
+def _train(config: Config, resume: bool, device: torch.device, progress: bool, ddp: Dist) -> TrainResult:
+    run, t = build_run(config, resume, device, ddp), config.train
+    run.model.train()
+    loss = torch.full((), float("nan"))
+    bar = tqdm(total=run.total_steps, initial=run.step, disable=not progress or not ddp.is_main,
+               dynamic_ncols=True, desc="train")
+    finished = run.step >= run.total_steps  # the step limit or the CPU budget is reached
+    saved_at = _last_folder_step(run.dir) if resume else -1  # the step of the run's last/ folder
+    with _StopRequest() as stop:
+        try:
+            while not finished and run.epoch < t.epochs:
+                loader = torch.utils.data.DataLoader(
+                    BatchDataset(run.train_set, run.epoch, start=run.next_batch), batch_size=None, shuffle=False,
+                    num_workers=t.num_workers, collate_fn=collate_batch, persistent_workers=False)
+                tick = time.perf_counter()
+                for batch in loader:
+                    loss, lr = train_step(run.net, run.model, batch, run.optimizer, run.scheduler, t=t, ddp=ddp,
+                                          device=run.device, use_bf16=run.use_bf16)
+                    run.stepped()
+                    now = time.perf_counter()
+                    rate = batch.images.shape[0] / max(now - tick, 1e-9)  # samples of the global batch
+                    tick = now
+                    bar.update(1)
+                    if not bar.disable:
+                        bar.set_postfix(loss=f"{float(loss):.4f}", samples_s=f"{rate:.1f}")
+                    if run.step % t.log_every == 0 or run.step == 1:  # the loss leaves the device only here
+                        run.logger.log({"step": run.step, "epoch": run.epoch, "loss": float(loss), "lr": lr,
+                                        "samples_per_s": rate, "cpu_s": round(run.cpu_seconds(), 1)})
+                    over_budget = t.max_cpu_minutes is not None and run.cpu_seconds() >= 60 * t.max_cpu_minutes
+                    out_of_cpu = ddp.any(over_budget, run.device)
+                    if ddp.any(stop.requested, run.device):
+                        raise _Stop()
+                    finished = run.step >= run.total_steps or out_of_cpu
+                    if run.step % t.sample_freq == 0 or finished:
+                        validate_and_save(run, bar)
+                        saved_at = run.step
+                    if finished:
+                        break
+                if not finished:  # the epoch's batches are done
+                    run.epoch, run.next_batch = run.epoch + 1, 0
+                    if run.epoch % t.save_freq == 0:
+                        run.save_state()
+            if saved_at != run.step:  # else last/ was written at this step, with its validation scores: keep it
+                run.writer.folder("last", {"step": run.step, "epoch": run.epoch})
+            run.save_state()  # where a later --resume starts (the next epoch, when they ran out)
+        except _Stop:
+            if ddp.is_main:
+                bar.write(f"interrupted at step {run.step}: saving {run.dir / 'last.pt'} and {run.dir / 'last'}")
+            run.save_state()
+            run.writer.folder("last", {"step": run.step, "epoch": run.epoch})
+            raise KeyboardInterrupt from None
+        except KeyboardInterrupt:
+            if ddp.is_main:
+                bar.write(f"interrupted twice at step {run.step}: stopped without saving "
+                          "(last.pt is the previous save)")
+            raise
+        finally:
+            bar.close()
+            run.logger.close()
+    return TrainResult(run.step, run.epoch, run.best_bleu, float(loss), run.dir, ddp.is_main)
 
 
 def override_args(settings: dict[str, Any]) -> list[str]:
