@@ -1,11 +1,18 @@
 """Training with 1 and N processes (torchrun, Gloo, one thread each) and the cost of the gradient all-reduce.
 
     python -m benchmarks.ddp --data DATA_DIR [--procs 1 2] [--steps 30] --json
+    python -m benchmarks.ddp --data DATA_DIR --standing [--steps 40] --json
 
 One JSON line per process count: the median samples/s of steps 6..``--steps`` of real
 ``pix2tex.train`` runs (recipe.yaml, the real dataset, validation excluded, one thread per process),
 then one line with the median time of an all-reduce of the recipe model's gradients (5.5 M floats)
 between two processes.
+
+``--standing``: the standing run's settings instead (continue.yaml with the race winner's data and
+corpus weights, bf16, length pools, from the bundled weights) in the three ways two cores can run
+it: one process with two threads, one process with one thread, two processes (torchrun) with one
+thread each.  One JSON line each: median samples/s over steps 6..``--steps`` (the same batches in
+each layout: the order depends only on the seed).
 """
 
 from __future__ import annotations
@@ -62,6 +69,21 @@ def throughput(data: Path, procs: int, steps: int) -> dict:
             "samples_per_s": round(rate, 2)}
 
 
+def standing(data: Path, steps: int) -> list[dict]:
+    """Samples/s of the standing run's settings per layout of two cores (see the module doc)."""
+    from benchmarks.levers import BASE_CONFIG, _settings
+
+    settings = {k: v for k, v in _settings("papers", data, data, None).items()
+                if k not in ("model_path", "name", "max_cpu_minutes", "valdata")}
+    rows = []
+    for procs, threads in ((1, 2), (1, 1), (2, 1)):
+        rate = training_rate(BASE_CONFIG, settings, steps, threads=threads,
+                             launcher=None if procs == 1 else _torchrun(procs))
+        rows.append({"bench": "standing_layout", "processes": procs, "threads_each": threads, "steps": steps,
+                     "samples_per_s": round(rate, 2)})
+    return rows
+
+
 def allreduce() -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,8 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--procs", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--standing", action="store_true", help="the standing run's settings in 3 layouts")
     parser.add_argument("--json", action="store_true", help="JSON lines (the default output anyway)")
     args = parser.parse_args(argv)
+    if args.standing:
+        for row in standing(args.data.resolve(), args.steps):
+            print(json.dumps(row), flush=True)
+        return 0
     for n in args.procs:
         print(json.dumps(throughput(args.data.resolve(), n, args.steps)), flush=True)
     print(json.dumps(allreduce()), flush=True)
