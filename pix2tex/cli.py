@@ -173,7 +173,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return predict_main(rest)
     import importlib
 
-    module = importlib.import_module(verbs[verb])
+    try:
+        module = importlib.import_module(verbs[verb])
+    except ImportError as exc:  # an optional extra is missing (the module's message names it)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return module.main(rest)
 
 

@@ -26,9 +26,24 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+try:
+    from fastapi import APIRouter, Depends, File, HTTPException, Request, UploadFile
+    from fastapi.responses import FileResponse, Response
+    from fastapi.staticfiles import StaticFiles
+    from fastapi_offline import FastAPIOffline
+    from pydantic import BaseModel, Field
+except ModuleNotFoundError as exc:
+    raise ImportError(f"pix2tex serve needs its extra ({exc.name} is missing): pip install 'pix2tex[serve]'") from None
+from PIL import Image
+
+import pix2tex
+from pix2tex.dataset.render import RenderError, render_images
+from pix2tex.inference import image_error
 
 __all__ = ["ServeSettings", "Batcher", "QueueFull", "create_app", "main"]
 
@@ -276,85 +291,86 @@ def _release_free_memory() -> None:
         trim(0)
 
 
-def create_app(ocr, settings: ServeSettings = ServeSettings(), *, model_name: str = "bundled",
-               engine: str = "torch"):
-    """The FastAPI application around a loaded :class:`~pix2tex.inference.LatexOCR`."""
-    from contextlib import asynccontextmanager
+class Reading(BaseModel):
+    latex: str | None = Field(None, description="the LaTeX (null when the image could not be read)")
+    confidence: float | None = Field(
+        None, description="mean log-probability of the chosen tokens: 0 is certain, -1 means e^-1 = 0.37 "
+                          "per token on average")
+    seconds: float | None = Field(None, description="this image's preparation plus an even share of its "
+                                                    "batch's decoding time (not the time in the queue)")
+    error: str | None = Field(None, description="why this image could not be read (one line)")
 
-    from fastapi import File, HTTPException, Request, UploadFile
-    from fastapi.responses import FileResponse, Response
-    from fastapi.staticfiles import StaticFiles
-    from fastapi_offline import FastAPIOffline
-    from pydantic import BaseModel, Field
 
-    import pix2tex
-    from pix2tex.inference import image_error
+class Readings(BaseModel):
+    results: list[Reading]
 
-    batcher = Batcher(ocr.read, max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000,
-                      max_queue=settings.max_queue)
-    prepare_pool = ThreadPoolExecutor(max_workers=settings.prepare_workers, thread_name_prefix="pix2tex-prepare")
-    render_pool = ThreadPoolExecutor(max_workers=settings.render_workers, thread_name_prefix="pix2tex-render")
-    renders = {"pending": 0}  # /v1/render requests running or waiting for a worker
-    images = {"in_flight": 0}  # uploaded images being prepared, waiting for the decoder or decoded
 
-    @asynccontextmanager
-    async def lifespan(_app):
-        await batcher.start()
-        try:
-            yield
-        finally:
-            await batcher.stop()
-            prepare_pool.shutdown(wait=False, cancel_futures=True)
-            render_pool.shutdown(wait=False, cancel_futures=True)
+class RenderRequest(BaseModel):
+    latex: str = Field(..., description="a formula, as in $...$ (no delimiters)")
+    dpi: int | None = Field(None, ge=50, le=400,
+                            description="resolution of the PNG (default: the server's --render-dpi, 160)")
 
-    app = FastAPIOffline(title="pix2tex", version=pix2tex.__version__, lifespan=lifespan,
-                         description="Read an image of a math formula and write its LaTeX.")
-    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
 
-    class Reading(BaseModel):
-        latex: str | None = Field(None, description="the LaTeX (null when the image could not be read)")
-        confidence: float | None = Field(
-            None, description="mean log-probability of the chosen tokens: 0 is certain, -1 means e^-1 = 0.37 "
-                              "per token on average")
-        seconds: float | None = Field(None, description="this image's preparation plus an even share of its "
-                                                        "batch's decoding time (not the time in the queue)")
-        error: str | None = Field(None, description="why this image could not be read (one line)")
+def _busy(reason: str) -> HTTPException:
+    return HTTPException(503, f"server busy: {reason}", headers={"Retry-After": "1"})
 
-    class Readings(BaseModel):
-        results: list[Reading]
 
-    class RenderRequest(BaseModel):
-        latex: str = Field(..., description="a formula, as in $...$ (no delimiters)")
-        dpi: int = Field(settings.render_dpi, ge=50, le=400, description="resolution of the PNG")
+@dataclass
+class _Server:
+    """What the routes share: the model, the batcher, the worker pools and the load counters."""
 
-    def prepare_one(data: bytes, name: str):
+    ocr: Any  # a LatexOCR
+    settings: ServeSettings
+    model_name: str
+    engine: str
+    batcher: Batcher = field(init=False)
+    prepare_pool: ThreadPoolExecutor = field(init=False)
+    render_pool: ThreadPoolExecutor = field(init=False)
+    images_in_flight: int = 0  # uploaded images being prepared, waiting for the decoder or decoded
+    renders_pending: int = 0  # /v1/render requests running or waiting for a worker
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.batcher = Batcher(self.ocr.read, max_batch=s.max_batch, max_wait_s=s.max_wait_ms / 1000,
+                               max_queue=s.max_queue)
+        self.prepare_pool = ThreadPoolExecutor(max_workers=s.prepare_workers, thread_name_prefix="pix2tex-prepare")
+        self.render_pool = ThreadPoolExecutor(max_workers=s.render_workers, thread_name_prefix="pix2tex-render")
+
+    async def start(self) -> None:
+        await self.batcher.start()
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+        self.prepare_pool.shutdown(wait=False, cancel_futures=True)
+        self.render_pool.shutdown(wait=False, cancel_futures=True)
+
+    def prepare_one(self, data: bytes, name: str) -> tuple[Any, float | str]:
         """(array, seconds) or (None, one-line reason) for one upload."""
         start = time.perf_counter()
         try:
-            return ocr.prepare(data, name=name), time.perf_counter() - start
+            return self.ocr.prepare(data, name=name), time.perf_counter() - start
         except (ValueError, OSError) as exc:
             return None, image_error(exc, name)
 
-    async def read_uploads(uploads: Sequence[tuple[bytes, str]]) -> list[Reading]:
+    async def read_uploads(self, uploads: Sequence[tuple[bytes, str]]) -> list[Reading]:
         # Admission: every image counts from its arrival to its reading, so a burst of uploads waits
         # as compressed bytes (bounded by the body limit) or is turned away, never piles up decoded.
-        if images["in_flight"] + len(uploads) > settings.max_queue:
-            raise HTTPException(503, f"server busy: {images['in_flight']} images are being read "
-                                     f"(limit {settings.max_queue})", headers={"Retry-After": "1"})
+        if self.images_in_flight + len(uploads) > self.settings.max_queue:
+            raise _busy(f"{self.images_in_flight} images are being read (limit {self.settings.max_queue})")
         loop = asyncio.get_running_loop()
-        images["in_flight"] += len(uploads)
+        self.images_in_flight += len(uploads)
         try:
-            prepared = await asyncio.gather(*(loop.run_in_executor(prepare_pool, prepare_one, data, name)
+            prepared = await asyncio.gather(*(loop.run_in_executor(self.prepare_pool, self.prepare_one, data, name)
                                               for data, name in uploads))
             good = [arr for arr, _ in prepared if arr is not None]
             try:
-                readings = iter(await batcher.submit(good)) if good else iter(())
+                readings = iter(await self.batcher.submit(good)) if good else iter(())
             except QueueFull as exc:
-                raise HTTPException(503, f"server busy: {exc}", headers={"Retry-After": "1"}) from None
+                raise _busy(str(exc)) from None
         finally:
-            images["in_flight"] -= len(uploads)
-            if images["in_flight"] == 0:  # idle: give back what the burst's arrays took
-                await loop.run_in_executor(prepare_pool, _release_free_memory)
+            self.images_in_flight -= len(uploads)
+            if self.images_in_flight == 0:  # idle: give back what the burst's arrays took
+                await loop.run_in_executor(self.prepare_pool, _release_free_memory)
         out = []
         for arr, extra in prepared:
             if arr is None:
@@ -364,87 +380,122 @@ def create_app(ocr, settings: ServeSettings = ServeSettings(), *, model_name: st
                 out.append(Reading(latex=latex, confidence=round(confidence, 4), seconds=round(extra + decode_s, 4)))
         return out
 
-    async def read_one(data: bytes, name: str) -> str:
-        (reading,) = await read_uploads([(data, name)])
+    async def read_one(self, data: bytes, name: str) -> str:
+        (reading,) = await self.read_uploads([(data, name)])
         if reading.error is not None:
             raise HTTPException(422, reading.error)
         return reading.latex or ""
 
-    @app.post("/predict/", summary="LaTeX of one image (the public pix2tex's endpoint)", response_model=str)
-    async def predict_file(file: UploadFile = File(..., description="the image")) -> str:
-        return await read_one(await file.read(), file.filename or "upload")
-
-    @app.post("/bytes/", summary="LaTeX of raw image bytes (or the multipart field 'file')", response_model=str,
-              openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-                  "multipart/form-data": {"schema": {"type": "object", "properties": {
-                      "file": {"type": "string", "format": "binary"}}}}}}})
-    async def predict_bytes(request: Request) -> str:
-        if request.headers.get("content-type", "").startswith("multipart/form-data"):
-            async with request.form(max_files=1, max_fields=1) as form:
-                upload = form.get("file")
-                if upload is None or isinstance(upload, str):
-                    raise HTTPException(422, "multipart request without a 'file' field")
-                return await read_one(await upload.read(), upload.filename or "upload")
-        return await read_one(await request.body(), "body")
-
-    @app.post("/v1/predict", response_model=Readings, response_model_exclude_none=True,
-              summary="Read one or more images (multipart 'file' fields); each gets its reading or its error",
-              responses={413: {"description": "body or image count over the limit"},
-                         422: {"description": "no image could be read"},
-                         503: {"description": "queue full (see Retry-After)"}})
-    async def predict_v1(file: list[UploadFile] = File(..., description="one or more images")) -> Readings:
-        if len(file) > settings.max_images:
-            raise HTTPException(413, f"{len(file)} images in one request, over the limit of {settings.max_images}")
-        uploads = [(await f.read(), f.filename or f"upload {k}") for k, f in enumerate(file)]
-        results = await read_uploads(uploads)
-        if all(r.error is not None for r in results):
-            raise HTTPException(422, "; ".join(r.error for r in results if r.error))
-        return Readings(results=results)
-
-    @app.post("/v1/render", summary="LaTeX in, PNG out (TeX in a sandbox)",
-              response_class=Response, responses={200: {"content": {"image/png": {}}},
-                                                 413: {"description": "formula too long"},
-                                                 422: {"description": "TeX refused the formula (its reason)"},
-                                                 503: {"description": "all render slots busy"}})
-    async def render(body: RenderRequest) -> Response:
-        from pix2tex.dataset.render import RenderError, render_images
-
-        latex = body.latex.strip()
-        if not latex:
-            raise HTTPException(422, "empty formula")
-        if len(latex) > LATEX_MAX_CHARS:
-            raise HTTPException(413, f"formula is {len(latex)} characters, over the limit of {LATEX_MAX_CHARS}")
-        if renders["pending"] >= 4 * settings.render_workers:  # each TeX run is a process: shed load early
+    async def render(self, latex: str, dpi: int) -> Image.Image:
+        if self.renders_pending >= 4 * self.settings.render_workers:  # each TeX run is a process: shed load early
             raise HTTPException(503, "renderer busy", headers={"Retry-After": "1"})
-        renders["pending"] += 1
+        self.renders_pending += 1
         try:
             (result,) = await asyncio.get_running_loop().run_in_executor(
-                render_pool, lambda: render_images([latex], dpi=body.dpi))
+                self.render_pool, lambda: render_images([latex], dpi=dpi))
         except RenderError as exc:  # TeX itself is missing or broken: the server's fault, not the client's
             raise HTTPException(500, str(exc)) from None
         finally:
-            renders["pending"] -= 1
+            self.renders_pending -= 1
         if result.image is None:
             raise HTTPException(422, result.error or "TeX could not render the formula")
-        buffer = io.BytesIO()
-        result.image.save(buffer, format="PNG")
-        return Response(buffer.getvalue(), media_type="image/png")
+        return result.image
 
-    @app.get("/health", summary="Model, engine, version and batching counters")
-    async def health() -> dict[str, Any]:
-        s = batcher.stats
-        return {"status": "ok", "model": model_name, "engine": engine, "version": pix2tex.__version__,
-                "device": str(ocr.device), "glyph_scale": ocr.glyph_scale,
-                "glyph_estimator": ocr.glyph_estimator, "pending": images["in_flight"],
-                "batches": {"requests": s.requests, "images": s.images, "batches": s.batches,
-                            "largest": s.largest_batch, "max_batch": settings.max_batch,
-                            "max_wait_ms": settings.max_wait_ms}}
 
-    @app.get("/", include_in_schema=False)
-    async def page() -> FileResponse:
-        return FileResponse(WEB_DIR / "index.html")
+def _server(request: Request) -> _Server:
+    return request.app.state.server
 
+
+Server = Annotated[_Server, Depends(_server)]
+router = APIRouter()
+
+
+@router.post("/predict/", summary="LaTeX of one image (the public pix2tex's endpoint)", response_model=str)
+async def predict_file(server: Server, file: UploadFile = File(..., description="the image")) -> str:
+    return await server.read_one(await file.read(), file.filename or "upload")
+
+
+@router.post("/bytes/", summary="LaTeX of raw image bytes (or the multipart field 'file')", response_model=str,
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                 "multipart/form-data": {"schema": {"type": "object", "properties": {
+                     "file": {"type": "string", "format": "binary"}}}}}}})
+async def predict_bytes(request: Request, server: Server) -> str:
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        async with request.form(max_files=1, max_fields=1) as form:
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise HTTPException(422, "multipart request without a 'file' field")
+            return await server.read_one(await upload.read(), upload.filename or "upload")
+    return await server.read_one(await request.body(), "body")
+
+
+@router.post("/v1/predict", response_model=Readings, response_model_exclude_none=True,
+             summary="Read one or more images (multipart 'file' fields); each gets its reading or its error",
+             responses={413: {"description": "body or image count over the limit"},
+                        422: {"description": "no image could be read"},
+                        503: {"description": "queue full (see Retry-After)"}})
+async def predict_v1(server: Server, file: list[UploadFile] = File(..., description="one or more images")) -> Readings:
+    if len(file) > server.settings.max_images:
+        raise HTTPException(413, f"{len(file)} images in one request, over the limit of {server.settings.max_images}")
+    uploads = [(await f.read(), f.filename or f"upload {k}") for k, f in enumerate(file)]
+    results = await server.read_uploads(uploads)
+    if all(r.error is not None for r in results):
+        raise HTTPException(422, "; ".join(r.error for r in results if r.error))
+    return Readings(results=results)
+
+
+@router.post("/v1/render", summary="LaTeX in, PNG out (TeX in a sandbox)",
+             response_class=Response, responses={200: {"content": {"image/png": {}}},
+                                                413: {"description": "formula too long"},
+                                                422: {"description": "TeX refused the formula (its reason)"},
+                                                503: {"description": "all render slots busy"}})
+async def render(body: RenderRequest, server: Server) -> Response:
+    latex = body.latex.strip()
+    if not latex:
+        raise HTTPException(422, "empty formula")
+    if len(latex) > LATEX_MAX_CHARS:
+        raise HTTPException(413, f"formula is {len(latex)} characters, over the limit of {LATEX_MAX_CHARS}")
+    image = await server.render(latex, body.dpi or server.settings.render_dpi)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return Response(buffer.getvalue(), media_type="image/png")
+
+
+@router.get("/health", summary="Model, engine, version and batching counters")
+async def health(server: Server) -> dict[str, Any]:
+    s, ocr = server.batcher.stats, server.ocr
+    return {"status": "ok", "model": server.model_name, "engine": server.engine, "version": pix2tex.__version__,
+            "device": str(ocr.device), "glyph_scale": ocr.glyph_scale,
+            "glyph_estimator": ocr.glyph_estimator, "pending": server.images_in_flight,
+            "batches": {"requests": s.requests, "images": s.images, "batches": s.batches,
+                        "largest": s.largest_batch, "max_batch": server.settings.max_batch,
+                        "max_wait_ms": server.settings.max_wait_ms}}
+
+
+@router.get("/", include_in_schema=False)
+async def page() -> FileResponse:
+    return FileResponse(WEB_DIR / "index.html")
+
+
+def create_app(ocr, settings: ServeSettings = ServeSettings(), *, model_name: str = "bundled",
+               engine: str = "torch") -> FastAPIOffline:
+    """The FastAPI application around a loaded :class:`~pix2tex.inference.LatexOCR`."""
+    server = _Server(ocr, settings, model_name, engine)
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        await server.start()
+        try:
+            yield
+        finally:
+            await server.stop()
+
+    app = FastAPIOffline(title="pix2tex", version=pix2tex.__version__, lifespan=lifespan,
+                         description="Read an image of a math formula and write its LaTeX.")
+    app.state.server = server
+    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
+    app.include_router(router)
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
     return app
 
