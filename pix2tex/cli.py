@@ -2,6 +2,8 @@
 
 ``predict`` is implemented here; the other verbs hand their arguments to the modules that the
 seed runs with ``python -m`` (``pix2tex train --config X`` == ``python -m pix2tex.train --config X``).
+Everything that imports torch, numpy or OpenCV is imported inside the functions that need it, so
+that ``pix2tex --help`` and argument errors answer at once.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from pix2tex.fileio import printable_name
 
 __all__ = ["main", "predict_main", "expand_inputs", "read_stdin"]
 
@@ -49,7 +53,7 @@ def read_stdin(limit: int) -> bytes | str:
     return data
 
 
-def predict_main(argv: Sequence[str]) -> int:
+def _predict_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pix2tex predict", description="Print the LaTeX of formula images.")
     parser.add_argument("images", nargs="+", help="image files, folders, glob patterns, or - for stdin")
     parser.add_argument("--checkpoint", help="model folder (default: the bundled model)")
@@ -75,22 +79,50 @@ def predict_main(argv: Sequence[str]) -> int:
     parser.add_argument("--engine", choices=("torch", "onnx"), default="torch",
                         help="onnx: run a folder written by `pix2tex export --onnx DIR` with onnxruntime")
     parser.add_argument("--threads", type=int, help="CPU threads of the onnx engine")
+    return parser
+
+
+def _read_stdin_inputs(sources: list[str]) -> tuple[list[str | bytes], dict[int, str]]:
+    """The inputs to read (paths, and the bytes of ``-``) and, by index, those refused (why)."""
+    from pix2tex.preprocess import MAX_FILE_BYTES
+
+    inputs: list[str | bytes] = list(sources)
+    refused: dict[int, str] = {}
+    for k in (k for k, s in enumerate(sources) if s == "-"):
+        data = read_stdin(MAX_FILE_BYTES)
+        if isinstance(data, str):
+            refused[k] = data
+        else:
+            inputs[k] = data
+    return inputs, refused
+
+
+def _print_reading(name: str, result, fmt: str, alone: bool) -> None:
+    if fmt == "json":
+        print(json.dumps({"path": name, "latex": result.latex, "confidence": round(result.confidence, 4),
+                          "seconds": round(result.seconds, 4)}))
+    elif alone:
+        print(result.latex)
+    else:
+        print(f"{printable_name(name)}\t{result.latex}")  # a tab or newline in a name must not forge a line
+
+
+def predict_main(argv: Sequence[str]) -> int:
+    parser = _predict_parser()
     args = parser.parse_args(argv)
     if args.beam < 1 or args.batch_size < 1 or (args.encoder_batch is not None and args.encoder_batch < 1):
         parser.error("--beam, --batch-size and --encoder-batch must be at least 1")
     if args.no_rescale and (args.glyph_scale is not None or args.glyph_estimator is not None):
         parser.error("--glyph-scale and --glyph-estimator need rescaling (--no-rescale reads images at their own size)")
     # oneDNN keeps the compiled kernels of every convolution input shape it has seen (1024 by
-    # default); files of many sizes then cost ~0.8 GB of kernels (986 im2latex images: 1.9 GB peak
-    # RSS against 1.05 GB with a small cache, at the same speed).  Read when the first kernel is made.
+    # default): files of many sizes would hold close to a gigabyte of them (docs/RESULTS.md).  A
+    # small cache costs no speed.  Read when the first kernel is made, so set before torch works.
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "8")
 
     from tqdm.auto import tqdm
 
     from pix2tex.checkpoint import CheckpointError
-    from pix2tex.fileio import printable_name
     from pix2tex.inference import LatexOCR
-    from pix2tex.preprocess import MAX_FILE_BYTES
 
     sources, problems = expand_inputs(args.images)
     for problem in problems:
@@ -98,14 +130,7 @@ def predict_main(argv: Sequence[str]) -> int:
     if not sources:
         return 1
     names = ["<stdin>" if s == "-" else s for s in sources]
-    inputs: list[str | bytes] = list(sources)
-    refused: dict[int, str] = {}  # input index -> why it was not read
-    for k in (k for k, s in enumerate(sources) if s == "-"):
-        data = read_stdin(MAX_FILE_BYTES)
-        if isinstance(data, str):
-            refused[k] = data
-        else:
-            inputs[k] = data
+    inputs, refused = _read_stdin_inputs(sources)
     try:
         ocr = LatexOCR(args.checkpoint, device=args.device, beam=args.beam, batch_size=args.batch_size,
                        rescale=not args.no_rescale, engine=args.engine, threads=args.threads,
@@ -121,20 +146,13 @@ def predict_main(argv: Sequence[str]) -> int:
     failed = len(problems)
     for k, name in enumerate(names):
         error = refused[k] if k in refused else results[k].error
-        if error is not None:
-            failed += 1
-            print(f"error: {error}", file=sys.stderr)
-            if args.format == "json":
-                print(json.dumps({"path": name, "latex": None, "error": error}))
+        if error is None:
+            _print_reading(name, results[k], args.format, alone=len(sources) == 1)
             continue
-        result = results[k]
+        failed += 1
+        print(f"error: {error}", file=sys.stderr)
         if args.format == "json":
-            print(json.dumps({"path": name, "latex": result.latex, "confidence": round(result.confidence, 4),
-                              "seconds": round(result.seconds, 4)}))
-        elif len(sources) == 1:
-            print(result.latex)
-        else:
-            print(f"{printable_name(name)}\t{result.latex}")  # a tab or newline in a name must not forge a line
+            print(json.dumps({"path": name, "latex": None, "error": error}))
     return 1 if failed else 0
 
 
