@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from PIL import Image
 
 from benchmarks.glyph_estimators import CHANGES
-from pix2tex.checkpoint import CheckpointError, check_glyph_scale
+from pix2tex.config import ConfigError, check_glyph_scale
 from pix2tex.dataset.dataset import Im2LatexDataset, load_image_gray
 from pix2tex.inference import MAX_SCALES, LatexOCR
 from pix2tex.metrics import bleu, edit_distance
@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         scales = [check_glyph_scale(float(s)) for s in args.scales.split(",")]
-    except ValueError as exc:  # float() or the range check (CheckpointError is a ValueError)
-        detail = str(exc) if isinstance(exc, CheckpointError) else "expected comma-separated numbers"
+    except ValueError as exc:  # float() or the range check (ConfigError is a ValueError)
+        detail = str(exc) if isinstance(exc, ConfigError) else "expected comma-separated numbers"
         parser.error(f"--scales {args.scales}: {detail}")
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")

@@ -35,8 +35,14 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from pix2tex.config import MAX_SETTINGS_BYTES, ConfigError, ModelConfig, config_from_dict, read_settings_yaml
-from pix2tex.config import check_glyph_scale as _check_scale
+from pix2tex.config import (
+    MAX_SETTINGS_BYTES,
+    ConfigError,
+    ModelConfig,
+    check_glyph_scale,
+    config_from_dict,
+    read_settings_yaml,
+)
 from pix2tex.fileio import FileReadError, atomic_path, read_limited, replace_folder
 from pix2tex.preprocess import GLYPH_ESTIMATORS
 from pix2tex.preprocess import check_glyph_estimator as _check_estimator
@@ -45,7 +51,7 @@ from pix2tex.tokenizer import LatexTokenizer, TokenizerError
 __all__ = [
     "CheckpointError", "save_model_folder", "load_model_folder", "resolve_model_folder",
     "save_resume_state", "load_resume_state", "default_model_folder", "read_folder_files", "glyph_scale",
-    "check_glyph_scale", "glyph_estimator", "check_glyph_estimator",
+    "glyph_estimator", "check_glyph_estimator",
 ]
 
 WEIGHTS, CONFIG, TOKENIZER, META = "model.safetensors", "config.yaml", "tokenizer.json", "meta.json"
@@ -161,17 +167,10 @@ def read_folder_files(folder: Path, kind: str = "model folder") -> tuple[ModelCo
 def glyph_scale(meta: dict[str, Any], source: str | None = META) -> float:
     """The glyph size a model reads best at, as a multiple of ``DEFAULT_GLYPH_HEIGHT`` (meta.json's
     ``glyph_scale``, 1 when absent). Training writes the size it trained at (its config key
-    ``glyph_scale``); ``benchmarks.glyph_scale`` chooses a better one on validation renders."""
+    ``glyph_scale``); ``benchmarks.glyph_scale`` chooses a better one on validation renders.
+    A value out of range is :func:`pix2tex.config.check_glyph_scale`'s ConfigError (reading a
+    folder turns it into a CheckpointError that names the folder)."""
     return check_glyph_scale(meta.get("glyph_scale", 1.0), source)
-
-
-def check_glyph_scale(value: Any, source: str | None = None) -> float:
-    """``value`` as a glyph scale; CheckpointError unless it is a number in ``config.GLYPH_SCALE_RANGE``
-    (the message starts with ``source`` when one is given)."""
-    try:
-        return _check_scale(value, source)
-    except ConfigError as exc:
-        raise CheckpointError(str(exc)) from None
 
 
 def glyph_estimator(meta: dict[str, Any], source: str | None = META) -> str:
@@ -285,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             meta = {**meta, "glyph_scale": check_glyph_scale(args.glyph_scale, "--glyph-scale")}
         if args.glyph_estimator is not None:
             meta = {**meta, "glyph_estimator": args.glyph_estimator}
-    except CheckpointError as exc:
+    except (CheckpointError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     save_model_folder(args.dst, model, config, tokenizer, meta, dtype=torch.float16 if args.fp16 else None)

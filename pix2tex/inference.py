@@ -24,11 +24,11 @@ from PIL import Image
 from pix2tex.checkpoint import (
     CheckpointError,
     check_glyph_estimator,
-    check_glyph_scale,
     glyph_estimator,
     glyph_scale,
     load_model_folder,
 )
+from pix2tex.config import check_glyph_scale
 from pix2tex.fileio import printable_name
 from pix2tex.models import decoding
 from pix2tex.preprocess import DEFAULT_GLYPH_HEIGHT, MAX_PIXELS, load_image, prepare, to_batch
@@ -99,10 +99,7 @@ def _glyph_scale(meta: dict, chosen: float | None, rescale: bool) -> float:
         return glyph_scale(meta)
     if not rescale:
         raise ValueError("glyph_scale needs rescale: without it images are read at their own size")
-    try:
-        return check_glyph_scale(chosen)
-    except CheckpointError as exc:
-        raise ValueError(str(exc)) from None
+    return check_glyph_scale(chosen)  # a ConfigError, which is a ValueError
 
 
 def _glyph_estimator(meta: dict, chosen: str | None) -> str:

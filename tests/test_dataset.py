@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pix2tex.config import ConfigError
 from pix2tex.dataset.dataset import (
     BatchDataset,
     DatasetError,
@@ -286,7 +287,7 @@ def test_glyph_scale_trains_on_larger_glyphs(sample, tmp_path):
     del old["settings"]["glyph_scale"]  # written before the setting existed
     assert Im2LatexDataset.load_dict(old).glyph_scale == 1.0
     for bad in (3, "1.2", True):
-        with pytest.raises(DatasetError, match="glyph_scale must be a number from 0.5 to 2.0"):
+        with pytest.raises(ConfigError, match="^glyph_scale must be a number from 0.5 to 2.0"):
             larger.update(glyph_scale=bad)
 
 

@@ -261,7 +261,7 @@ class Im2LatexDataset:
         self.glyph_estimator = _check_glyph_estimator(glyph_estimator)
         # Images are prepared with their glyphs glyph_scale x DEFAULT_GLYPH_HEIGHT pixels tall
         # (training's config key glyph_scale; a model trained so reads at that size).
-        self.glyph_scale = _check_glyph_scale(glyph_scale)
+        self.glyph_scale = check_glyph_scale(glyph_scale)
         self.epoch = 0
         self._cursor = 0
         self._order: list[list[int]] = []
@@ -404,7 +404,7 @@ class Im2LatexDataset:
             elif key == "corpus_weights":
                 self.corpus_weights = _check_weights(value or {})
             elif key == "glyph_scale":
-                self.glyph_scale = _check_glyph_scale(value)
+                self.glyph_scale = check_glyph_scale(value)
             elif key in allowed:
                 setattr(self, key, tuple(value) if key.endswith("dimensions") else value)
             else:
@@ -576,13 +576,6 @@ _SETTING_TYPES = {"shuffle": (bool,), "batchsize": (int,), "max_seq_len": (int,)
                   "patch_size": (int,), "seed": (int,), "corpus_weights": (dict,), "max_label_tokens": (int,),
                   "augment_level": (str,), "length_pool": (int,), "glyph_estimator": (str,),
                   "glyph_scale": (float, int)}
-
-
-def _check_glyph_scale(value: Any) -> float:
-    try:
-        return check_glyph_scale(value)
-    except ConfigError as exc:
-        raise DatasetError(str(exc)) from None
 
 
 def _check_glyph_estimator(name: str) -> str:
