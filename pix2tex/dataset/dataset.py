@@ -31,22 +31,23 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from pix2tex.config import ConfigError, check_corpus_weights, check_glyph_scale
 from pix2tex.dataset.sampler import BatchSampler
 from pix2tex.dataset.samples import SampleTable, Size
 from pix2tex.dataset.transforms import test_transform, train_transform
-from pix2tex.fileio import FileReadError, atomic_path, read_limited
+from pix2tex.fileio import FileReadError, atomic_path, printable_name, read_limited
 from pix2tex.normalize import normalize
 from pix2tex.preprocess import (
     DEFAULT_GLYPH_HEIGHT,
     GLYPH_ESTIMATORS,
-    MAX_FILE_BYTES,
+    ImageLoadError,
     canvas_sizes,
     check_glyph_estimator,
     crop_to_content,
     estimate_glyph_height,
+    load_image,
     prepare,
     to_batch,
 )
@@ -147,17 +148,10 @@ def load_pickle(path: str | os.PathLike) -> Any:
 
 # -- images and labels ------------------------------------------------------------------------------
 def load_image_gray(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file to a grayscale uint8 array (alpha composited over white).
-
-    Only regular files of at most MAX_FILE_BYTES are read (see :func:`pix2tex.fileio.read_limited`).
-    """
-    with Image.open(io.BytesIO(read_limited(path, MAX_FILE_BYTES, "file"))) as im:
-        im.load()
-        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-            rgba = im.convert("RGBA")
-            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            im = Image.alpha_composite(white, rgba)
-        return np.asarray(im.convert("L"))
+    """Decode an image file to a grayscale uint8 array, exactly as prediction decodes its inputs
+    (:func:`pix2tex.preprocess.load_image`: size limits, alpha, colour and EXIF handled alike), so
+    that a model trains on the pixels it will read.  Raises :class:`ImageLoadError`."""
+    return np.asarray(load_image(path))
 
 
 def _inspect_image(path: Path, glyph_estimator: str = "soft") -> tuple[int, int, float | None] | str:
@@ -171,14 +165,13 @@ def _inspect_image(path: Path, glyph_estimator: str = "soft") -> tuple[int, int,
         if path.stat().st_size == 0:
             return "empty file"
         gray = load_image_gray(path)  # decodes fully: catches truncated and corrupt files too
-        content = crop_to_content(gray)
-        return content.shape[0], content.shape[1], estimate_glyph_height(content, glyph_estimator)
     except FileNotFoundError:
         return "missing image"
-    except UnidentifiedImageError:
-        return "not an image"
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        return f"unreadable image ({exc})"
+    except ImageLoadError as exc:
+        reason = str(exc).removeprefix(f"{printable_name(str(path))}: ")
+        return "not an image" if reason.startswith("not an image") else f"unreadable image ({reason})"
+    content = crop_to_content(gray)
+    return content.shape[0], content.shape[1], estimate_glyph_height(content, glyph_estimator)
 
 
 def read_labels(path: str | os.PathLike) -> list[tuple[str | None, str]]:
