@@ -49,7 +49,7 @@ for f in "${files[@]}"; do
     else
         echo "== render $f -> $out/render/$name"
         # shellcheck disable=SC2086
-        "$python" -m pix2tex.dataset.render --formulas "$f" --out "$out/render/$name" ${RENDER_ARGS:-}
+        "$python" -m pix2tex.render --formulas "$f" --out "$out/render/$name" ${RENDER_ARGS:-}
     fi
     labels+=("$out/render/$name/labels.tsv")
 done

@@ -4,7 +4,7 @@
     python -m benchmarks.render --scale --json
 
 Renders the first ``n`` lines of ``F`` (default ../shared/data/formulas/im2latex_val.txt) end to
-end with :func:`pix2tex.dataset.render.render_dataset` into a temporary folder and prints one
+end with :func:`pix2tex.render.renderer.render_dataset` into a temporary folder and prints one
 JSON line: formulas per second (wall clock and per CPU second, as other jobs on the machine slow
 the wall clock down), the share that rendered, and the most common failure reasons.
 
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pix2tex.dataset.render import DEFAULT_DPI, RenderSettings, read_formulas, render_dataset, render_images
+from pix2tex.render.renderer import DEFAULT_DPI, RenderSettings, read_formulas, render_dataset, render_images
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DEFAULT_FORMULAS = SHARED / "formulas" / "im2latex_val.txt"

@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from pix2tex.dataset.render import render_images
 from pix2tex.normalize import normalize
+from pix2tex.render import render_images
 
 FORMULAS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "formulas"
 FILES = ("im2latex_val", "k12_exam", "hme100k", "chem_units", "arxiv_display_math", "im2latex170k_arxiv2018")

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in CORPORA:
         render = out / "render" / name
         if not (render / "labels.tsv").exists():
-            _run("pix2tex.dataset.render", "--formulas", str(SHARED / "formulas" / f"{name}.txt"), "--out",
+            _run("pix2tex.render", "--formulas", str(SHARED / "formulas" / f"{name}.txt"), "--out",
                  str(render), "--workers", str(args.workers))
     _run("pix2tex.dataset.split", "--labels", *(str(out / "render" / n / "labels.tsv") for n in CORPORA),
          "--out", str(out))

@@ -162,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "predict": None,
         "train": "pix2tex.train",
         "eval": "pix2tex.eval",
-        "render": "pix2tex.dataset.render",
+        "render": "pix2tex.render.renderer",
         "dataset": "pix2tex.dataset.dataset",
         "split": "pix2tex.dataset.split",
         "export": "pix2tex.export",

@@ -184,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _rendered(args: argparse.Namespace, rows: list[tuple[str, str, str]], scores: Scores, seconds: float,
               out: Path) -> int:
     """--render / --report: image metrics, breakdowns, per-sample TSV with them, the HTML report."""
-    from pix2tex.dataset.render import RenderError
+    from pix2tex.render import RenderError
     from pix2tex.report import breakdowns, make_records, record_row, render_records, summarize, write_report
 
     records = make_records(rows)

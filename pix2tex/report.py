@@ -69,7 +69,7 @@ def make_records(rows: Sequence[tuple[str, str, str]]) -> list[Record]:
 
 
 def _render_all(formulas: Sequence[str], workdir: Path | None) -> list[tuple[np.ndarray | None, str]]:
-    from pix2tex.dataset.render import render_images
+    from pix2tex.render import render_images
 
     out: list[tuple[np.ndarray | None, str]] = []
     for lo in range(0, len(formulas), RENDER_CHUNK):

@@ -42,8 +42,8 @@ except ModuleNotFoundError as exc:
 from PIL import Image
 
 import pix2tex
-from pix2tex.dataset.render import RenderError, render_images
 from pix2tex.inference import image_error
+from pix2tex.render import RenderError, render_images
 
 __all__ = ["ServeSettings", "Batcher", "QueueFull", "create_app", "main"]
 

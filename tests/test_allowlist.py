@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pix2tex.dataset.allowlist import NEVER, allowed_latex, build_allowlist, check_allowed
+from pix2tex.render.allowlist import NEVER, allowed_latex, build_allowlist, check_allowed
 from tests.helpers import read_formulas
 
 

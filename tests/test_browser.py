@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from benchmarks.serve import Server
-from pix2tex.dataset.render import render_images
 from pix2tex.inference import LatexOCR
+from pix2tex.render import render_images
 
 pytestmark = [pytest.mark.tex, pytest.mark.browser]
 

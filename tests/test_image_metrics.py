@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pix2tex.dataset.render import render_images
 from pix2tex.image_metrics import (
     binarize,
     column_edit_distance,
@@ -14,6 +13,7 @@ from pix2tex.image_metrics import (
     image_exact_match,
     image_exact_match_no_ws,
 )
+from pix2tex.render import render_images
 from pix2tex.report import breakdowns, make_records, render_records, summarize
 from tests.helpers import read_formulas
 

@@ -73,8 +73,8 @@ def test_im2latex_labels_are_mostly_normal_already():
 def test_normalized_formulas_typeset_like_the_originals():
     # The rules that rewrite more than spelling (font switches, dropped braces) are checked with
     # real TeX: im2latex labels that use them render to the same pixels before and after.
-    from pix2tex.dataset.render import render_images
     from pix2tex.normalize import _SYNONYMS  # folded synonyms are other glyphs (\dag is text's dagger)
+    from pix2tex.render import render_images
 
     formulas = [f for f in read_formulas("im2latex_val")
                 if normalize(f) != " ".join(f.split()) and not set(f.split()) & set(_SYNONYMS)][:300]
@@ -104,7 +104,7 @@ def test_latex_tokens_match_normalized_string():
 
 
 def test_deeply_nested_input_does_not_crash_and_is_refused_by_the_renderer():
-    from pix2tex.dataset.render import check_formula
+    from pix2tex.render import check_formula
 
     hostile = "x\\iffalse" + "{" * 500 + "}" * 500 + "\\fi"
     out = normalize(hostile)  # no RecursionError

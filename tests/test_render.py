@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pix2tex.dataset import render as R
-from pix2tex.dataset import tex
-from pix2tex.dataset.render import (
+from pix2tex.normalize import normalize
+from pix2tex.render import renderer as R
+from pix2tex.render import tex
+from pix2tex.render.renderer import (
     FONTS,
     RenderError,
     RenderSettings,
@@ -24,7 +25,6 @@ from pix2tex.dataset.render import (
     render_images,
     run_tex,
 )
-from pix2tex.normalize import normalize
 
 pytestmark = [pytest.mark.tex]
 

@@ -2,11 +2,11 @@ r"""One sandboxed TeX pass: a batch of formulas -> one DVI (one page per formula
 
 This module owns everything that runs TeX or dvipng and everything that decides what may reach
 them; batching, the isolation of failing formulas, the data-set files and the CLI are
-:mod:`pix2tex.dataset.render`'s.
+:mod:`pix2tex.render.renderer`'s.
 
 * :func:`check_formula` says why a formula must not reach TeX (length, control characters, ``^^``,
   :data:`FORBIDDEN_COMMANDS`, whole-document environments, unbalanced braces, nesting depth, then
-  the allow-list of :mod:`pix2tex.dataset.allowlist`).
+  the allow-list of :mod:`pix2tex.render.allowlist`).
 * :func:`run_tex` typesets a batch in one ``latex -halt-on-error`` run.  Each formula sits alone
   on its own input line inside ``\setbox0\hbox{$\displaystyle …$}`` and is shipped out with
   ``\count0`` set to its 1-based position (boxes over ``_MAX_WIDTH_PT`` x ``_MAX_HEIGHT_PT`` are
@@ -207,7 +207,7 @@ def check_formula(formula: str) -> str | None:
     tokens = tokenize(formula)
     if group_depth(tokens) > MAX_GROUP_DEPTH:
         return f"groups nested deeper than {MAX_GROUP_DEPTH} levels"
-    from pix2tex.dataset.allowlist import check_allowed  # imported here: allowlist reads this module's blacklist
+    from pix2tex.render.allowlist import check_allowed  # imported here: allowlist reads this module's blacklist
 
     return check_allowed(tokens)
 

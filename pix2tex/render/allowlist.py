@@ -6,7 +6,7 @@ The allow-list turns this around: every control sequence and every environment o
 one that real formulas use.  The list (``allowed_latex.txt`` beside this file) is made from the
 training corpora with
 
-    python -m pix2tex.dataset.allowlist --formulas ../shared/data/formulas --out pix2tex/dataset/allowed_latex.txt
+    python -m pix2tex.render.allowlist --formulas ../shared/data/formulas --out pix2tex/render/allowed_latex.txt
 
 which keeps every command and environment the formulas use, plus amsmath's usual math
 environments (:data:`STANDARD_ENVIRONMENTS`) and the commands the normalizer knows
@@ -56,7 +56,7 @@ KNOWN_COMMANDS = _known_commands()
 
 
 def _forbidden() -> frozenset[str]:
-    from pix2tex.dataset.tex import FORBIDDEN_COMMANDS
+    from pix2tex.render.tex import FORBIDDEN_COMMANDS
 
     return frozenset(FORBIDDEN_COMMANDS) | frozenset(_NAME_BUILDERS)
 
@@ -106,7 +106,7 @@ def _read_formula_files(source: Path) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pix2tex.dataset.allowlist", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pix2tex.render.allowlist", description=__doc__.splitlines()[0])
     parser.add_argument("--formulas", type=Path, required=True, help="formula file or folder of *.txt files")
     parser.add_argument("--out", type=Path, default=ALLOWED_FILE)
     args = parser.parse_args(argv)
@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     formulas = _read_formula_files(args.formulas)
     allowed, refused = build_allowlist(formulas)
     header = [
-        "# LaTeX commands and environments formulas may use (python -m pix2tex.dataset.allowlist).",
+        "# LaTeX commands and environments formulas may use (python -m pix2tex.render.allowlist).",
         f"# Made from {len(formulas):,} formulas; every command they use, except these, which are never",
         "# allowed (in how many of those formulas each appeared):",
         *[f"#   {t} {n}" for t, n in sorted(refused.items(), key=lambda kv: (-kv[1], kv[0]))],
