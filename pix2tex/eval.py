@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pix2tex.checkpoint import CheckpointError, load_model_folder
+from pix2tex.checkpoint import glyph_estimator as folder_glyph_estimator
 from pix2tex.checkpoint import glyph_scale as folder_glyph_scale
 from pix2tex.dataset.dataset import DatasetError, Im2LatexDataset, read_labels
 from pix2tex.fileio import atomic_write_text
@@ -48,6 +49,12 @@ def evaluate_dataset(checkpoint: str | None, data: str, *, beam: int = 1, batch_
     """Score a model folder on a .pkl dataset; returns scores and (image, prediction, reference) rows."""
     model, config, tokenizer, meta = load_model_folder(checkpoint, device)
     ds = Im2LatexDataset.load(data)
+    reads_with = folder_glyph_estimator(meta)
+    if ds.glyph_estimator != reads_with:  # as training refuses such validation data
+        raise DatasetError(f"{data} measures glyphs with {ds.glyph_estimator!r}, the model reads with "
+                           f"{reads_with!r}: it would read at other sizes than it was trained at "
+                           f"(python -m pix2tex.dataset.dataset --remeasure {data} --glyph-estimator {reads_with} "
+                           f"-o OUT.pkl)")
     ds.set_tokenizer(tokenizer)
     # At the glyph size the model reads at (its folder's glyph_scale; training's for its own folders).
     ds.update(batchsize=batch_size, shuffle=False, test=True, keep_smaller_batches=True,

@@ -136,6 +136,16 @@ def test_eval_on_dataset_writes_predictions(pipeline):
     refs = [row.split("\t")[2] for row in rows[1:]]
     labels = dict(line.split("\t") for line in (work / "valid.tsv").read_text().splitlines())
     assert sorted(refs) == sorted(labels.values())
+    # A dataset measured with another glyph estimator than the model's is refused, as training does.
+    _run(["-m", "pix2tex.dataset.dataset", "--remeasure", "valid.pkl", "--glyph-estimator", "stroke",
+          "-o", "valid_stroke.pkl"], cwd=work)
+    r = _run(["-m", "pix2tex.eval", "--checkpoint", "checkpoints/debug/best", "--data", "valid_stroke.pkl"],
+             cwd=work, check=False)
+    assert r.returncode == 2
+    assert r.stderr.strip() == ("error: valid_stroke.pkl measures glyphs with 'stroke', the model reads with 'soft': "
+                                "it would read at other sizes than it was trained at (python -m "
+                                "pix2tex.dataset.dataset --remeasure valid_stroke.pkl --glyph-estimator soft "
+                                "-o OUT.pkl)")
 
 
 def test_predict_reads_training_images(pipeline):
