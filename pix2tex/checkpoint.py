@@ -21,11 +21,15 @@ folder if a crash hit between them.  A ``kill -9`` at any moment leaves a loadab
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
 import shutil
+import stat
+import sys
 import tempfile
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -220,8 +224,6 @@ def save_resume_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
 def _check_archive(path: Path) -> None:
     """A resume state is a zip that torch writes uncompressed; refuse one whose members would
     inflate (a 2 MB file whose data.pkl expands to gigabytes) or that is not a regular file."""
-    import stat
-    import zipfile
 
     if not stat.S_ISREG(path.stat().st_mode):
         raise CheckpointError(f"{path}: not a regular file")
@@ -259,8 +261,6 @@ def main(argv: list[str] | None = None) -> int:
     [--glyph-estimator NAME]``: copy a model folder, optionally averaged with other steps of its run
     and in half precision, with the glyph size it reads best at and the way it measures glyphs (how
     the bundled model is made from a training run's model folders)."""
-    import argparse
-    import sys
 
     parser = argparse.ArgumentParser(prog="python -m pix2tex.checkpoint", description=main.__doc__)
     parser.add_argument("src", help="model folder, e.g. checkpoints/default/best")

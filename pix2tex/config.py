@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from pix2tex.fileio import FileReadError, atomic_write_text, read_limited
 from pix2tex.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 __all__ = [
@@ -407,7 +408,6 @@ def read_settings_yaml(text: str, source: str) -> Any:
 def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None,
                 check_files: bool = True) -> Config:
     """Read and validate a YAML settings file (paths in it are relative to the working directory)."""
-    from pix2tex.fileio import FileReadError, read_limited
 
     path = Path(path)
     if not path.exists():
@@ -425,6 +425,5 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
 
 
 def save_config(config: Config, path: str | os.PathLike) -> None:
-    from pix2tex.fileio import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=True))

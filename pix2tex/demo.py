@@ -14,17 +14,16 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from pix2tex.checkpoint import CheckpointError
+from pix2tex.inference import LatexOCR
 from pix2tex.metrics import score
+from pix2tex.normalize import normalize
+from pix2tex.render import render_images
 
 DEMO_FORMULAS = Path(__file__).resolve().parent / "dataset" / "demo_formulas.txt"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pix2tex.checkpoint import CheckpointError
-    from pix2tex.inference import LatexOCR
-    from pix2tex.normalize import normalize
-    from pix2tex.render import render_images
-
     extra = list(sys.argv[1:] if argv is None else argv)
     formulas = [line for line in DEMO_FORMULAS.read_text(encoding="utf-8").splitlines() if line.strip()]
     try:

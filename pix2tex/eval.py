@@ -191,6 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _rendered(args: argparse.Namespace, rows: list[tuple[str, str, str]], scores: Scores, seconds: float,
               out: Path) -> int:
     """--render / --report: image metrics, breakdowns, per-sample TSV with them, the HTML report."""
+    # Imported here: only --render and --report need TeX and the report's plotting.
     from pix2tex.render import RenderError
     from pix2tex.report import breakdowns, make_records, record_row, render_records, summarize, write_report
 

@@ -9,6 +9,9 @@ most 16 MiB.  So a GPU stage is three steps:
     python3 -m pix2tex.gpu train --minutes 8.5 --out $OUT                              # there
     python -m pix2tex.gpu fetch FILES_AT --to MODEL_FOLDER                                  # here again
 
+Each step imports what it needs inside its function: ``train`` runs on a bare machine that has
+torch only once the wheels of ``prepare`` are installed, and ``--help`` answers without them.
+
 ``prepare`` packs a random sample of the training renders and the im2latex validation renders into
 ``.gpu/pack.tar`` (:mod:`pix2tex.pack`), copies the start weights as fp16 (``.gpu/start``) and
 downloads the wheels the GPU machine lacks (``.gpu/whl``).  ``train`` trains from those weights

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from rapidfuzz.distance import Levenshtein
 
 from pix2tex.fileio import atomic_write_text
@@ -136,8 +137,6 @@ def record_row(rec: Record) -> dict:
 # -- HTML report ------------------------------------------------------------------------------------
 
 def _png_data(array: np.ndarray | None = None, path: str | None = None) -> str | None:
-    from PIL import Image
-
     try:
         img = Image.fromarray(array) if array is not None else Image.open(path).convert("L")
     except (OSError, ValueError, TypeError):

@@ -19,6 +19,8 @@ masks padded patches, so a reading does not depend on its batch-mates.
 
 import argparse
 import asyncio
+import ctypes
+import ctypes.util
 import functools
 import io
 import os
@@ -37,6 +39,7 @@ try:
     from fastapi.staticfiles import StaticFiles
     from fastapi_offline import FastAPIOffline
     from pydantic import BaseModel, Field
+    from starlette.responses import JSONResponse
 except ModuleNotFoundError as exc:
     raise ImportError(f"pix2tex serve needs its extra ({exc.name} is missing): pip install 'pix2tex[serve]'") from None
 from PIL import Image
@@ -255,8 +258,6 @@ class BodyLimit:
                 return
 
     async def _refuse(self, send, size: int) -> None:
-        from starlette.responses import JSONResponse
-
         detail = f"request body is over the {self.max_bytes:,}-byte limit ({size:,} bytes or more)"
         response = JSONResponse({"detail": detail}, status_code=413, headers={"Connection": "close"})
         await response({"type": "http"}, _no_receive, send)
@@ -271,8 +272,6 @@ def _libc_malloc_trim() -> Callable[[int], int] | None:
     """glibc's malloc_trim, looked up once (find_library runs ldconfig); None where there is none."""
     if not sys.platform.startswith("linux"):
         return None
-    import ctypes
-    import ctypes.util
 
     try:
         return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
@@ -539,7 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: the server needs its extra: pip install 'pix2tex[serve]'", file=sys.stderr)
         return 2
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "8")  # see cli.predict_main
-    import torch
+    import torch  # after the oneDNN setting above, and only once the arguments are valid
 
     from pix2tex.checkpoint import CheckpointError
     from pix2tex.inference import LatexOCR

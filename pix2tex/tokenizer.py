@@ -23,6 +23,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from pix2tex.fileio import atomic_write_text
+from pix2tex.normalize import normalize
 
 PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN = "[PAD]", "[BOS]", "[EOS]", "[UNK]"
 SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN)
@@ -151,7 +152,6 @@ class LatexTokenizer:
 
     def decode_latex(self, ids: torch.Tensor | Sequence[Sequence[int]]) -> list[str]:
         """:meth:`decode`, then :func:`~pix2tex.normalize.normalize`: the LaTeX that is shown and scored."""
-        from pix2tex.normalize import normalize
 
         return [normalize(text) for text in self.decode(ids)]
 

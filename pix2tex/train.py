@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import random
 import signal
 import sys
@@ -44,6 +45,7 @@ from pix2tex.checkpoint import (
 from pix2tex.config import Config, ConfigError, TrainConfig, load_config, save_config
 from pix2tex.dataset.dataset import BatchDataset, DatasetError, Im2LatexDataset, collate_batch
 from pix2tex.distributed import Dist, DistributedError, init_from_env
+from pix2tex.eval import read_dataset
 from pix2tex.metrics import Scores, score
 from pix2tex.models.model import Model, get_model, model_summary
 from pix2tex.tokenizer import PAD_ID, LatexTokenizer, TokenizerError
@@ -157,8 +159,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: Config, total_step
 def validate(model: Model, dataset: Im2LatexDataset, tokenizer: LatexTokenizer, max_batches: int,
              device: torch.device) -> tuple[Scores, list[tuple[str, str]]]:
     """Greedy-decode up to ``max_batches`` batches; return scores and (prediction, reference) pairs."""
-    from pix2tex.eval import read_dataset
-
     was_training = model.training
     model.eval()
     fused = model.encoder.fused_attention
@@ -295,8 +295,6 @@ class _Logger:
                 import wandb  # optional dependency
             except ImportError:
                 raise ConfigError("wandb: true needs the wandb package (pip install 'pix2tex[wandb]')") from None
-            import os
-
             # Without a terminal wandb would wait for a key on stdin: log offline instead.
             mode = "online" if (sys.stdin.isatty() or os.environ.get("WANDB_API_KEY")) else "offline"
             self.wandb = wandb.init(project="pix2tex", name=config.train.name, id=config.train.id,

@@ -22,6 +22,7 @@ import io
 import math
 import os
 import pickle
+import pickletools
 import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -103,7 +104,6 @@ def _check_plain_pickle(data: bytes) -> None:
     in the file (a 14-byte file cannot make the loader allocate 100 GiB), and containers are few and
     shallow (no nesting bombs that end in a RecursionError).  Raises pickle.UnpicklingError.
     """
-    import pickletools
 
     containers = depth = 0
     try:

@@ -64,6 +64,6 @@ def train_transform(level: str = "full") -> A.Compose:
 
 def test_transform() -> A.Compose:
     """No-op pipeline with the same call shape as :func:`train_transform`."""
-    import albumentations as A
+    import albumentations as A  # here, not at the top: see train_transform
 
     return A.Compose([])

@@ -24,7 +24,8 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
-from pix2tex.normalize import tokenize
+from pix2tex.fileio import atomic_write_text
+from pix2tex.normalize import _ARITY, _DIMENSION_ARG, _DIMENSION_FOLLOWS, _OPTIONAL_ARG, tokenize
 
 __all__ = ["ALLOWED_FILE", "NEVER", "allowed_latex", "check_allowed", "build_allowlist", "main"]
 
@@ -47,7 +48,6 @@ STANDARD_ENVIRONMENTS = """matrix pmatrix bmatrix Bmatrix vmatrix Vmatrix smallm
 
 def _known_commands() -> frozenset[str]:
     """Commands the normalizer knows the arguments of (all defined by the renderer's preamble)."""
-    from pix2tex.normalize import _ARITY, _DIMENSION_ARG, _DIMENSION_FOLLOWS, _OPTIONAL_ARG
 
     return frozenset(_ARITY) | frozenset(_DIMENSION_ARG) | frozenset(_DIMENSION_FOLLOWS) | frozenset(_OPTIONAL_ARG)
 
@@ -56,7 +56,7 @@ KNOWN_COMMANDS = _known_commands()
 
 
 def _forbidden() -> frozenset[str]:
-    from pix2tex.render.tex import FORBIDDEN_COMMANDS
+    from pix2tex.render.tex import FORBIDDEN_COMMANDS  # here: tex imports this module's check_allowed
 
     return frozenset(FORBIDDEN_COMMANDS) | frozenset(_NAME_BUILDERS)
 
@@ -121,7 +121,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "# allowed (in how many of those formulas each appeared):",
         *[f"#   {t} {n}" for t, n in sorted(refused.items(), key=lambda kv: (-kv[1], kv[0]))],
     ]
-    from pix2tex.fileio import atomic_write_text
 
     atomic_write_text(args.out, "\n".join(header + allowed) + "\n")
     print(f"wrote {args.out}: {len(allowed)} allowed; {sum(refused.values())} formulas used a refused command")
