@@ -2,7 +2,8 @@
 
     python -m benchmarks.roundtrip [--n 2000] [--workers 2] [--font cm] [--dpi 120] --json
 
-For a seeded sample of ``n`` lines of every file in ../shared/data/formulas, renders the original
+For a seeded sample of ``n`` lines of every file in ../shared/data/formulas (and of the multi-line
+environments of ../shared/data/multiline/arxiv_multiline.txt), renders the original
 and ``normalize(original)`` with the same font and resolution and prints one JSON line per file:
 the share of pixel-identical pairs (over formulas that rendered both ways), the same share for
 formulas without text-mode commands (where the normalizer's splitting of words into letters
@@ -25,8 +26,13 @@ from pathlib import Path
 from pix2tex.normalize import normalize
 from pix2tex.render import render_images
 
-FORMULAS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "formulas"
-FILES = ("im2latex_val", "k12_exam", "hme100k", "chem_units", "arxiv_display_math", "im2latex170k_arxiv2018")
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+FORMULAS_DIR = SHARED_DATA / "formulas"
+FILES = ("im2latex_val", "k12_exam", "hme100k", "chem_units", "arxiv_display_math", "im2latex170k_arxiv2018",
+         "arxiv_multiline")
+# Where each file lives: the single-line formula files, and the multi-line environments.
+PATHS = {**{name: FORMULAS_DIR / f"{name}.txt" for name in FILES},
+         "arxiv_multiline": SHARED_DATA / "multiline" / "arxiv_multiline.txt"}
 # Arguments typeset in text mode, where spaces matter and normalize() drops them.
 TEXT_MODE = re.compile(r"\\(text[a-z]*|mbox|hbox|emph|fbox|framebox|makebox|parbox)(?![A-Za-z])")
 _CHUNK = 100
@@ -69,7 +75,7 @@ def _compare_chunk(args: tuple[list[str], str, int]) -> list[tuple[str, str, str
 
 def run(name: str, n: int, seed: int, font: str, dpi: int, workers: int, examples: int) -> dict:
     """Round-trip statistics for one shared formula file."""
-    formulas = sample(FORMULAS_DIR / f"{name}.txt", n, seed)
+    formulas = sample(PATHS[name], n, seed)
     chunks = [(formulas[i : i + _CHUNK], font, dpi) for i in range(0, len(formulas), _CHUNK)]
     with ProcessPoolExecutor(max_workers=workers) as pool:
         rows = [row for part in pool.map(_compare_chunk, chunks) for row in part]
@@ -112,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON lines (the only format)")
     args = parser.parse_args(argv)
     for name in args.files:
-        if not (FORMULAS_DIR / f"{name}.txt").is_file():
-            print(f"error: {FORMULAS_DIR / name}.txt: no such file", file=sys.stderr)
+        if not PATHS[name].is_file():
+            print(f"error: {PATHS[name]}: no such file", file=sys.stderr)
             return 1
         print(json.dumps(run(name, args.n, args.seed, args.font, args.dpi, args.workers, args.examples)), flush=True)
     return 0

@@ -17,6 +17,8 @@ Everything here is a pure function of strings.
 
 from __future__ import annotations
 
+import re
+
 __all__ = ["tokenize", "normalize", "latex_tokens", "group_depth", "MAX_GROUP_DEPTH"]
 
 # Real formulas nest braces a few levels deep (the shared corpora: at most 16); deeper input
@@ -114,6 +116,10 @@ def tokenize(latex: str) -> list[str]:
             while j < n and latex[j].isascii() and latex[j].isalpha():
                 j += 1
             if j == i + 1:  # control symbol: backslash plus one character (or a lone backslash)
+                if latex.startswith("\\\\", i):
+                    token, i = _row_break(latex, i)
+                    tokens.append(token)
+                    continue
                 tokens.append(latex[i : i + 2] if i + 1 < n else "\\")
                 i += 2
                 continue
@@ -131,6 +137,29 @@ def tokenize(latex: str) -> list[str]:
             tokens.append(c)
             i += 1
     return [_SYNONYMS.get(t, t) for t in tokens]
+
+
+# A length as a row break's optional space takes it: a number and one of TeX's units.
+_ROW_SPACE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)(pt|pc|in|bp|cm|mm|dd|cc|sp|em|ex|mu)")
+
+
+def _row_break(latex: str, i: int) -> tuple[str, int]:
+    r"""The row break ``\\`` at ``latex[i]`` as one token, and where the text after it starts.
+
+    ``\\*`` (no page break there) looks the same as ``\\``: the star is dropped.  An optional
+    space ``\\[2pt]`` must touch the ``\\`` (amsmath's environments read ``\\ [x]`` as a
+    bracket), so it stays glued to it, its length without spaces: one token, ``\\[2pt]``, which
+    TeX reads back as it was written.
+    """
+    j = i + 2
+    if latex.startswith("*", j):
+        j += 1
+    if latex.startswith("[", j):
+        close = latex.find("]", j)
+        length = "".join(latex[j + 1 : close].split()) if close > 0 else ""
+        if _ROW_SPACE.fullmatch(length):  # else the brackets are read as they come
+            return f"\\\\[{length}]", close + 1
+    return "\\\\", j
 
 
 def group_depth(tokens: list[str]) -> int:

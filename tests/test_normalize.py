@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pix2tex.normalize import latex_tokens, normalize, tokenize
-from tests.helpers import read_formulas
+from tests.helpers import SHARED, read_formulas
 
 
 @pytest.mark.parametrize("raw, expected", [
@@ -96,6 +96,47 @@ def test_normalized_formulas_typeset_like_the_originals():
         compared += 1
     assert compared > 250
     assert all(b.image is not None for b in after)
+
+
+def _same_pixels(pairs: list[tuple[str, str]]) -> list[bool | None]:
+    """Per (a, b): whether TeX draws both alike (None where either is refused)."""
+    from pix2tex.render import render_images
+
+    images = render_images([x for pair in pairs for x in pair])
+    return [None if a.image is None or b.image is None else np.array_equal(np.asarray(a.image), np.asarray(b.image))
+            for a, b in zip(images[::2], images[1::2], strict=True)]
+
+
+def test_row_breaks_have_one_normal_form_that_typesets_as_written():
+    """``\\*`` loses its star (it only forbids a page break); ``\\[2pt]`` stays one token, its length
+    without spaces; brackets after a spaced ``\\`` are content; a bracket that is not a length is
+    not glued (so what is inside is still checked)."""
+    cases = {
+        r"\begin{gathered} a \\* b \end{gathered}": r"\begin{gathered} a \\ b \end{gathered}",
+        r"\begin{aligned} a &= b \\[ 2 pt ] c \end{aligned}": r"\begin{aligned} a & = b \\[2pt] c \end{aligned}",
+        r"\begin{pmatrix} a \\*[-.5em] b \end{pmatrix}": r"\begin{pmatrix} a \\[-.5em] b \end{pmatrix}",
+        r"\begin{array}{cc} a & b \\[4mm] c & d \end{array}": r"\begin{array} { c c } a & b \\[4mm] c & d \end{array}",
+        r"\begin{cases} a & x \\ [y] & z \end{cases}": r"\begin{cases} a & x \\ [ y ] & z \end{cases}",
+    }
+    for raw, expected in cases.items():
+        assert normalize(raw) == expected and normalize(expected) == expected
+    assert _same_pixels(list(cases.items())) == [True] * len(cases)
+    assert tokenize(r"a \\[\input{x}] b")[:3] == ["a", "\\\\", "["]
+
+
+def test_multiline_environments_round_trip_to_the_same_pixels():
+    """Seeded multi-line arXiv formulas (aligned, gathered, cases, arrays, matrices) without text-mode
+    arguments (whose words the normal form spells letter by letter, as im2latex's labels do) render
+    to the same pixels as their normal forms."""
+    import random
+
+    lines = [line for line in (SHARED / "multiline" / "arxiv_multiline.txt").read_text().splitlines() if line.strip()]
+    picked = [lines[i] for i in sorted(random.Random(0).sample(range(len(lines)), 300))]
+    plain = [f for f in picked if not any(w in f for w in (r"\text", r"\mbox", r"\hbox"))]
+    same = _same_pixels([(f, normalize(f)) for f in plain])
+    compared = [s for s in same if s is not None]
+    assert len(compared) > 200
+    assert sum(compared) >= 0.99 * len(compared), [f for f, s in zip(plain, same, strict=True) if s is False][:3]
 
 
 def test_latex_tokens_match_normalized_string():

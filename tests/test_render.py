@@ -398,3 +398,16 @@ def test_a_formula_that_changes_later_ones_is_caught(tmp_path, monkeypatch):
     # Without a refused formula in the batch the check is not run (it costs a second TeX run).
     clean = R._check_and_render(["a", "b"], "cm", [100] * 2, tmp_path / "clean", timeout_s=30)
     assert all(isinstance(x, Image.Image) for x in clean)
+
+
+@pytest.mark.parametrize("font", FONTS)
+def test_primes_written_apart_typeset_as_written_together(font, tmp_path):
+    """The normal form writes tokens apart (``f ' ^ { 2 }``); TeX merges a prime with a following
+    prime or superscript only when they touch, so without the renderer's look-ahead these would be
+    "Double superscript" errors."""
+    pairs = [(r"f'^{2}", r"f ' ^ { 2 }"), (r"K_0''", r"K _ { 0 } ' '"),
+             (r"\Gamma'^{\Delta}_1", r"\Gamma ' ^ { \Delta } _ { 1 }"), (r"f'(x)", r"f ' ( x )")]
+    images = render_images([x for pair in pairs for x in pair], font, 120, tmp_path)
+    for (a, b), pair in zip(zip(images[::2], images[1::2], strict=True), pairs, strict=True):
+        assert a.image is not None and b.image is not None, (pair, a.error, b.error)
+        assert np.array_equal(np.asarray(a.image), np.asarray(b.image)), pair

@@ -91,6 +91,8 @@ def check_allowed(formula: str | list[str]) -> str | None:
     outside the allow-list, or None."""
     allowed = allowed_latex()
     for token in tokenize(formula) if isinstance(formula, str) else formula:
+        if token.startswith("\\\\["):  # a row break with its space (\\[2pt]): a length, nothing to run
+            token = "\\\\"
         if _is_command(token) and token not in allowed:
             if token.startswith(("\\begin{", "\\end{")):
                 return f"environment {token[token.index('{'):]} is not on the allow-list"

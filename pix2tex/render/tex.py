@@ -81,6 +81,9 @@ MAX_FORMULA_CHARS = 4000
 # im2latex-100k's formulas are tokenized, so lengths read "\hspace { - 0 . 2 c m }", which TeX
 # rejects ("Illegal unit of measure"): \hspace, \vspace and \raisebox drop the spaces of their
 # length first (1.2 % of im2latex_val needs this; normalize() writes the same length as "-0.2cm").
+# Primes look past spaces: LaTeX merges ``'`` with a following ``'`` or ``^`` only when they touch,
+# and the normal form writes tokens apart (``f ' ^ { 2 }``, ``K ' '``), which TeX would refuse
+# ("Double superscript") though it means what ``f'^{2}`` does.
 _COMPAT_MACROS = r"""\providecommand{\overparen}[1]{\overset{\frown}{#1}}
 \providecommand{\underparen}[1]{\underset{\smile}{#1}}
 \providecommand{\llbracket}{\mathopen{[\mkern-3.5mu[}}
@@ -94,6 +97,10 @@ _COMPAT_MACROS = r"""\providecommand{\overparen}[1]{\overset{\frown}{#1}}
 \DeclareRobustCommand\hspace{\@ifstar{\pix@unspaced{\pix@hspace*}}{\pix@unspaced\pix@hspace}}
 \DeclareRobustCommand\vspace{\@ifstar{\pix@unspaced{\pix@vspace*}}{\pix@unspaced\pix@vspace}}
 \DeclareRobustCommand\raisebox[1]{\pix@unspaced\pix@raisebox{#1}}
+\def\pix@defgobble#1{\def\pix@gobblespace#1{\pix@primepeek}}\pix@defgobble{ }
+\def\prim@s{\prime\pix@primepeek}
+\def\pix@primepeek{\futurelet\@let@token\pix@primenext}
+\def\pix@primenext{\ifx\@let@token\@sptoken\expandafter\pix@gobblespace\else\expandafter\pr@m@s\fi}
 \makeatother"""
 
 # Limits of one page: bigger boxes are refused in TeX (\errmessage) before dvipng allocates them.
