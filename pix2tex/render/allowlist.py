@@ -27,6 +27,9 @@ from pathlib import Path
 from pix2tex.fileio import atomic_write_text
 from pix2tex.normalize import _ARITY, _DIMENSION_ARG, _DIMENSION_FOLLOWS, _OPTIONAL_ARG, tokenize
 
+# tex.py imports check_allowed inside check_formula, so importing it here makes no cycle.
+from pix2tex.render.tex import FORBIDDEN_COMMANDS
+
 __all__ = ["ALLOWED_FILE", "NEVER", "allowed_latex", "check_allowed", "build_allowlist", "main"]
 
 ALLOWED_FILE = Path(__file__).resolve().parent / "allowed_latex.txt"
@@ -48,7 +51,6 @@ STANDARD_ENVIRONMENTS = """matrix pmatrix bmatrix Bmatrix vmatrix Vmatrix smallm
 
 def _known_commands() -> frozenset[str]:
     """Commands the normalizer knows the arguments of (all defined by the renderer's preamble)."""
-
     return frozenset(_ARITY) | frozenset(_DIMENSION_ARG) | frozenset(_DIMENSION_FOLLOWS) | frozenset(_OPTIONAL_ARG)
 
 
@@ -56,8 +58,6 @@ KNOWN_COMMANDS = _known_commands()
 
 
 def _forbidden() -> frozenset[str]:
-    from pix2tex.render.tex import FORBIDDEN_COMMANDS  # here: tex imports this module's check_allowed
-
     return frozenset(FORBIDDEN_COMMANDS) | frozenset(_NAME_BUILDERS)
 
 
