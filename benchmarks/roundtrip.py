@@ -28,11 +28,11 @@ from pix2tex.render import render_images
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FORMULAS_DIR = SHARED_DATA / "formulas"
-FILES = ("im2latex_val", "k12_exam", "hme100k", "chem_units", "arxiv_display_math", "im2latex170k_arxiv2018",
-         "arxiv_multiline")
+SINGLE_LINE = ("im2latex_val", "k12_exam", "hme100k", "chem_units", "arxiv_display_math", "im2latex170k_arxiv2018")
 # Where each file lives: the single-line formula files, and the multi-line environments.
-PATHS = {**{name: FORMULAS_DIR / f"{name}.txt" for name in FILES},
+PATHS = {**{name: FORMULAS_DIR / f"{name}.txt" for name in SINGLE_LINE},
          "arxiv_multiline": SHARED_DATA / "multiline" / "arxiv_multiline.txt"}
+FILES = tuple(PATHS)
 # Arguments typeset in text mode, where spaces matter and normalize() drops them.
 TEXT_MODE = re.compile(r"\\(text[a-z]*|mbox|hbox|emph|fbox|framebox|makebox|parbox)(?![A-Za-z])")
 _CHUNK = 100
