@@ -54,7 +54,7 @@ def sweep(checkpoint: str | None, datasets: list[str], scales: list[float], limi
                         [Image.fromarray(alter(load_image_gray(data.image_path(i)))) for i in picked])
         references = [data.samples.labels[i] for i in picked]
         for scale in scales:
-            ocr = LatexOCR(checkpoint, device="cpu", batch_size=batch_size, glyph_scale=scale,
+            ocr = LatexOCR(checkpoint, device="cpu", engine="torch", batch_size=batch_size, glyph_scale=scale,
                            glyph_estimator=glyph_estimator)
             start = time.perf_counter()
             predictions = [p.latex or "" for p in ocr.predict(images)]
@@ -64,7 +64,7 @@ def sweep(checkpoint: str | None, datasets: list[str], scales: list[float], limi
                    "edit_distance": round(edit_distance(predictions, references), 4),
                    "seconds": round(time.perf_counter() - start, 1)}
         if consensus > 1:
-            ocr = LatexOCR(checkpoint, device="cpu", batch_size=batch_size, scales=consensus,
+            ocr = LatexOCR(checkpoint, device="cpu", engine="torch", batch_size=batch_size, scales=consensus,
                            glyph_estimator=glyph_estimator)
             start = time.perf_counter()
             predictions = [p.latex or "" for p in ocr.predict(images)]

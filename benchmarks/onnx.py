@@ -90,9 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         for batch in batches:
             images = torch.randn(batch, 1, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(batch))
             shape = f"B{batch}x{HEIGHT}x{WIDTH}/N{args.tokens}"
-            for impl, engine in (("pix2tex-vit", model), ("pix2tex-vit-onnx", onnx_model)):
-                def run(engine=engine, images=images) -> object:
-                    return engine.generate(images, max_new_tokens=args.tokens, stop_at_eos=False)
+            # PyTorch takes the tensor, onnxruntime the same numbers as a numpy array.
+            for impl, engine, x in (("pix2tex-vit", model, images), ("pix2tex-vit-onnx", onnx_model, images.numpy())):
+                def run(engine=engine, x=x) -> object:
+                    return engine.generate(x, max_new_tokens=args.tokens, stop_at_eos=False)
                 row = record(impl, "generate", shape, time_runs(run, warmup=1, repeats=args.repeats),
                              "tokens_per_s", batch * args.tokens)
                 print(json.dumps(row), flush=True)

@@ -100,7 +100,7 @@ class Bench:
         if engine == "onnx":
             ocr = LatexOCR(self.onnx_folder(), engine="onnx", threads=self.threads, **settings)
         else:
-            ocr = LatexOCR(self.checkpoint, device=self.device, **settings)
+            ocr = LatexOCR(self.checkpoint, device=self.device, engine="torch", **settings)
         ocr.predict(self.paths[:1])  # first-call costs (allocator, onnxruntime arenas) stay out of the timings
         return ocr
 

@@ -1,14 +1,9 @@
 """Checkpoints: model folders for prediction and resume states for training.
 
-A *model folder* is what ``pix2tex predict`` and :class:`pix2tex.LatexOCR` load::
-
-    model.safetensors   weights (safetensors: loading can never run code)
-    config.yaml         the resolved ModelConfig
-    tokenizer.json      the tokenizer the model was trained with
-    meta.json           step, validation scores (informative); ``glyph_scale``, the glyph size
-                        this model reads best at, times DEFAULT_GLYPH_HEIGHT (default 1);
-                        ``glyph_estimator``, how input glyphs are measured (default "soft", see
-                        pix2tex.preprocess.GLYPH_ESTIMATORS)
+A *model folder* is what ``pix2tex predict`` and :class:`pix2tex.LatexOCR` load; its layout, and
+the reading of the files every folder carries (config, tokenizer, meta), are in
+:mod:`pix2tex.model_folder`, which needs no torch.  This module writes folders and loads their
+weights.
 
 A *resume state* (``last.pt``) holds everything ``--resume`` needs: model, optimizer, scheduler,
 step, epoch, position in the epoch, RNG states, best score and the resolved config.  It is read
@@ -30,7 +25,7 @@ import stat
 import sys
 import tempfile
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,46 +34,40 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from pix2tex.config import (
-    MAX_SETTINGS_BYTES,
-    ConfigError,
-    ModelConfig,
-    check_glyph_scale,
-    config_from_dict,
-    read_settings_yaml,
+from pix2tex.config import ConfigError, ModelConfig, check_glyph_scale
+from pix2tex.fileio import atomic_path, replace_folder
+from pix2tex.model_folder import (  # re-exported: the names this module has always offered
+    CONFIG,
+    META,
+    TOKENIZER,
+    WEIGHTS,
+    CheckpointError,
+    check_glyph_estimator,
+    default_model_folder,
+    glyph_estimator,
+    glyph_scale,
+    read_folder_files,
+    resolve_model_folder,
 )
-from pix2tex.fileio import FileReadError, atomic_path, read_limited, replace_folder
 from pix2tex.preprocess import GLYPH_ESTIMATORS
-from pix2tex.preprocess import check_glyph_estimator as _check_estimator
-from pix2tex.tokenizer import LatexTokenizer, TokenizerError
+from pix2tex.tokenizer import LatexTokenizer
 
 __all__ = [
     "CheckpointError", "save_model_folder", "load_model_folder", "resolve_model_folder",
     "save_resume_state", "load_resume_state", "default_model_folder", "read_folder_files", "glyph_scale",
-    "glyph_estimator", "check_glyph_estimator",
+    "glyph_estimator", "check_glyph_estimator", "WEIGHTS", "CONFIG", "TOKENIZER", "META",
 ]
-
-WEIGHTS, CONFIG, TOKENIZER, META = "model.safetensors", "config.yaml", "tokenizer.json", "meta.json"
-MAX_TOKENIZER_BYTES = 64 * 2**20
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, incomplete or not one of ours; the message names the path."""
-
-
-def default_model_folder() -> Path:
-    """The model bundled with the package."""
-    return Path(__file__).resolve().parent / "model" / "checkpoints" / "default"
 
 
 # -- model folders -------------------------------------------------------------------------------------
 def save_model_folder(folder: str | os.PathLike, model: torch.nn.Module, config: ModelConfig,
                       tokenizer: LatexTokenizer, meta: dict[str, Any] | None = None,
-                      dtype: torch.dtype | None = None) -> None:
+                      dtype: torch.dtype | None = None, extra: Callable[[Path], object] | None = None) -> None:
     """Write a complete model folder, replacing ``folder`` atomically.
 
     ``dtype`` (e.g. ``torch.float16``) stores floating-point weights at lower precision, which
-    halves the size of the bundled model; loading casts them back to float32.
+    halves the size of the bundled model; loading casts them back to float32.  ``extra`` writes
+    more files into the folder before it replaces the old one (the bundled model's ONNX graphs).
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -95,25 +84,12 @@ def save_model_folder(folder: str | os.PathLike, model: torch.nn.Module, config:
         (tmp / CONFIG).write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=True), encoding="utf-8")
         (tmp / TOKENIZER).write_text(tokenizer.to_str(), encoding="utf-8")
         (tmp / META).write_text(json.dumps(meta or {}, indent=1, sort_keys=True), encoding="utf-8")
+        if extra is not None:
+            extra(tmp)
         replace_folder(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def resolve_model_folder(path: str | os.PathLike | None) -> Path:
-    """The folder to load for ``path`` (None: the bundled model); handles an interrupted swap."""
-    folder = default_model_folder() if path is None else Path(path)
-    if folder.is_file() and folder.name == WEIGHTS:
-        folder = folder.parent
-    if not (folder / WEIGHTS).is_file():
-        old = folder.with_name(folder.name + ".old")
-        if (old / WEIGHTS).is_file():
-            return old
-        if path is None:
-            raise CheckpointError(f"{folder}: the bundled model is missing from this installation")
-        raise CheckpointError(f"{folder}: not a model folder (no {WEIGHTS})")
-    return folder
 
 
 def load_model_folder(path: str | os.PathLike | None = None, device: str | torch.device = "cpu"):
@@ -140,55 +116,6 @@ def load_model_folder(path: str | os.PathLike | None = None, device: str | torch
         raise CheckpointError(f"{folder / WEIGHTS}: weights do not fit the config "
                               f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
     return model.to(device).eval(), config, tokenizer, meta
-
-
-def read_folder_files(folder: Path, kind: str = "model folder") -> tuple[ModelConfig, LatexTokenizer, dict[str, Any]]:
-    """The config, tokenizer and meta that every model folder (and ONNX export) carries."""
-    for name in (CONFIG, TOKENIZER):
-        if not (folder / name).is_file():
-            raise CheckpointError(f"{folder}: incomplete {kind} (no {name})")
-    try:
-        text = read_limited(folder / CONFIG, MAX_SETTINGS_BYTES, "config file").decode("utf-8")
-        raw = read_settings_yaml(text, str(folder / CONFIG))
-        config = config_from_dict(raw, source=str(folder / CONFIG), check_files=False).model
-        read_limited(folder / TOKENIZER, MAX_TOKENIZER_BYTES, "tokenizer file")  # size check before parsing
-        tokenizer = LatexTokenizer.load(folder / TOKENIZER)
-        meta_path = folder / META
-        meta = json.loads(read_limited(meta_path, MAX_SETTINGS_BYTES, "meta file")) if meta_path.is_file() else {}
-        if not isinstance(meta, dict):
-            raise CheckpointError(f"{meta_path}: must hold a JSON object")
-        glyph_scale(meta, str(meta_path))
-        glyph_estimator(meta, str(meta_path))
-    except (ConfigError, TokenizerError, FileReadError) as exc:
-        raise CheckpointError(f"{folder}: {exc}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{folder}: unreadable {META} or {CONFIG} ({type(exc).__name__})") from None
-    except RecursionError:
-        raise CheckpointError(f"{folder}: {META} nested too deeply") from None
-    return config, tokenizer, meta
-
-
-def glyph_scale(meta: dict[str, Any], source: str | None = META) -> float:
-    """The glyph size a model reads best at, as a multiple of ``DEFAULT_GLYPH_HEIGHT`` (meta.json's
-    ``glyph_scale``, 1 when absent). Training writes the size it trained at (its config key
-    ``glyph_scale``); ``benchmarks.glyph_scale`` chooses a better one on validation renders.
-    A value out of range is :func:`pix2tex.config.check_glyph_scale`'s ConfigError (reading a
-    folder turns it into a CheckpointError that names the folder)."""
-    return check_glyph_scale(meta.get("glyph_scale", 1.0), source)
-
-
-def glyph_estimator(meta: dict[str, Any], source: str | None = META) -> str:
-    """How a model measures the glyphs of the images it reads (meta.json's ``glyph_estimator``,
-    "soft" when absent: the estimator every model before it was trained and read with)."""
-    return check_glyph_estimator(meta.get("glyph_estimator", "soft"), source)
-
-
-def check_glyph_estimator(value: Any, source: str | None = None) -> str:
-    """``value`` as a glyph estimator name; CheckpointError unless it is one of GLYPH_ESTIMATORS."""
-    try:
-        return _check_estimator(value)
-    except ValueError as exc:
-        raise CheckpointError(f"{source}: {exc}" if source else str(exc)) from None
 
 
 def average_folders(paths: Sequence[str | os.PathLike]):
@@ -257,10 +184,11 @@ def load_resume_state(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pix2tex.checkpoint SRC DST [--average FOLDER ...] [--fp16] [--glyph-scale F]
-    [--glyph-estimator NAME]``: copy a model folder, optionally averaged with other steps of its run
-    and in half precision, with the glyph size it reads best at and the way it measures glyphs (how
-    the bundled model is made from a training run's model folders)."""
+    """``python -m pix2tex.checkpoint SRC DST [--average FOLDER ...] [--fp16] [--onnx] [--glyph-scale F]
+    [--glyph-estimator NAME]``: copy a model folder, optionally averaged with other steps of its run,
+    in half precision and with its ONNX graphs beside the weights, with the glyph size it reads best
+    at and the way it measures glyphs (how the bundled model is made from a training run's model
+    folders)."""
 
     parser = argparse.ArgumentParser(prog="python -m pix2tex.checkpoint", description=main.__doc__)
     parser.add_argument("src", help="model folder, e.g. checkpoints/default/best")
@@ -269,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="average SRC's weights with this model folder's (another step of the same "
                              "run; repeatable); meta.json lists the steps")
     parser.add_argument("--fp16", action="store_true", help="store floating-point weights as float16")
+    parser.add_argument("--onnx", action="store_true",
+                        help="also write the ONNX graphs the light install reads (checked against PyTorch)")
     parser.add_argument("--glyph-scale", type=float, metavar="F",
                         help="glyph size to read at, times the default training size "
                              "(python -m benchmarks.glyph_scale)")
@@ -287,7 +217,19 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    save_model_folder(args.dst, model, config, tokenizer, meta, dtype=torch.float16 if args.fp16 else None)
+    extra = None
+    if args.onnx:
+        from pix2tex.export import write_onnx_files  # export imports this module
+
+        def extra(folder: Path) -> None:
+            write_onnx_files(model, folder, args.src, fp16=args.fp16)
+
+    try:
+        save_model_folder(args.dst, model, config, tokenizer, meta, dtype=torch.float16 if args.fp16 else None,
+                          extra=extra)
+    except (ValueError, ImportError) as exc:  # the export's ExportError; onnx missing
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     size = sum(f.stat().st_size for f in Path(args.dst).iterdir())
     print(f"wrote {args.dst}: {size / 2**20:.1f} MiB")
     return 0

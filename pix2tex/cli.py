@@ -76,8 +76,9 @@ def _predict_parser() -> argparse.ArgumentParser:
                         help="how glyphs are measured: soft or stroke (default: the model's; see "
                              "pix2tex.preprocess.GLYPH_ESTIMATORS)")
     parser.add_argument("--device", help="cpu, cuda, … (default: CUDA when available)")
-    parser.add_argument("--engine", choices=("torch", "onnx"), default="torch",
-                        help="onnx: run a folder written by `pix2tex export --onnx DIR` with onnxruntime")
+    parser.add_argument("--engine", choices=("auto", "onnx", "torch"), default="auto",
+                        help="auto: onnxruntime when the model folder has ONNX graphs (the bundled one does; "
+                             "`pix2tex export --onnx DIR` writes them), else PyTorch")
     parser.add_argument("--threads", type=int, help="CPU threads of the onnx engine")
     return parser
 
@@ -121,7 +122,6 @@ def predict_main(argv: Sequence[str]) -> int:
 
     from tqdm.auto import tqdm
 
-    from pix2tex.checkpoint import CheckpointError
     from pix2tex.inference import LatexOCR
 
     sources, problems = expand_inputs(args.images)
@@ -136,7 +136,7 @@ def predict_main(argv: Sequence[str]) -> int:
                        rescale=not args.no_rescale, engine=args.engine, threads=args.threads,
                        encoder_batch=args.encoder_batch, glyph_scale=args.glyph_scale, scales=args.scales,
                        glyph_estimator=args.glyph_estimator)
-    except (CheckpointError, ValueError, ImportError) as exc:
+    except (ValueError, ImportError) as exc:  # CheckpointError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     readable = [k for k in range(len(inputs)) if k not in refused]
@@ -154,6 +154,11 @@ def predict_main(argv: Sequence[str]) -> int:
         if args.format == "json":
             print(json.dumps({"path": name, "latex": None, "error": error}))
     return 1 if failed else 0
+
+
+# Top-level modules of the `train` extra (pyproject.toml): what training, export and evaluation import.
+TRAIN_MODULES = frozenset({"torch", "torchvision", "timm", "x_transformers", "albumentations", "safetensors",
+                           "sacrebleu", "onnx"})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -193,8 +198,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         module = importlib.import_module(verbs[verb])
-    except ImportError as exc:  # an optional extra is missing (the module's message names it)
-        print(f"error: {exc}", file=sys.stderr)
+    except ImportError as exc:  # an optional extra is missing
+        if exc.name in TRAIN_MODULES:  # the light install: reading only
+            print(f"error: pix2tex {verb} needs {exc.name}, which the light install leaves out: "
+                  f"pip install 'pix2tex[train]'", file=sys.stderr)
+        else:  # the module's own message names its extra (pix2tex serve: fastapi)
+            print(f"error: {exc}", file=sys.stderr)
         return 2
     return module.main(rest)
 

@@ -118,8 +118,10 @@ def evaluate_folder(checkpoint: str | None, images: str, labels: str, *, beam: i
         raise DatasetError(f"{images}: image folder not found")
     # labels.tsv paths may include the folder's own name (im2latex_sample: images/x.png).
     paths = [str(root / p) if (root / p).exists() else str(root.parent / p) for p, _ in pairs]
+    # PyTorch reads: its scores are the reference every model was compared on (the ONNX engine's
+    # readings are checked against them, docs/RESULTS.md).
     ocr = LatexOCR(checkpoint, device=device, beam=beam, batch_size=batch_size, glyph_scale=glyph_scale,
-                   scales=scales, glyph_estimator=glyph_estimator)
+                   scales=scales, glyph_estimator=glyph_estimator, engine="torch")
     with tqdm(total=len(paths), disable=not progress, desc="eval") as bar:
         predictions = ocr.predict(paths, progress=bar)
     rows = []

@@ -16,6 +16,13 @@ Every export is checked before it is kept: ``onnx.checker`` on each graph, then 
 against PyTorch on inputs of other sizes than the traced ones (batch 1 and 3, largest image,
 several cached steps).  DIR appears only complete: the export is built in a temporary folder
 beside it and renamed into place.
+
+``--fp16`` stores the weights as float16 (half the size) with a Cast to float32 in front of each,
+which onnxruntime folds away when it loads the graph: the arithmetic stays float32.  The model's
+weights are rounded to float16 first and the check runs against the rounded model, so the graphs
+compute what a model folder saved with ``--fp16`` computes in PyTorch.  The bundled model carries
+its graphs so (``python -m pix2tex.checkpoint SRC DST --fp16 --onnx``), beside the same weights in
+safetensors for the torch engine.
 """
 
 from __future__ import annotations
@@ -55,7 +62,7 @@ from pix2tex.onnx_engine import (
 )
 from pix2tex.tokenizer import BOS_ID
 
-__all__ = ["ExportError", "OPSET", "TOLERANCE", "export_onnx", "export_model", "main"]
+__all__ = ["ExportError", "OPSET", "TOLERANCE", "export_onnx", "export_model", "write_onnx_files", "main"]
 
 OPSET = 17  # LayerNormalization is a single op from 17 on; onnxruntime >= 1.13 runs it
 TOLERANCE = 1e-3  # largest accepted |onnxruntime - PyTorch|, relative to max(1, largest |PyTorch| value)
@@ -216,6 +223,70 @@ def check_graphs(model: Model, folder: Path, layers: list[str], steps: int = 4) 
     return diffs
 
 
+# -- float16 weights ------------------------------------------------------------------------------------
+
+HALF_MIN_ELEMENTS = 16  # smaller float initializers (scales, epsilons) stay float32: nothing to save
+
+
+def round_weights_to_half(model: nn.Module) -> None:
+    """Round every floating-point parameter and buffer to the nearest float16 value, in place."""
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.is_floating_point():
+                tensor.copy_(tensor.half().float())
+
+
+def halve_initializers(path: Path) -> None:
+    """Store the graph's float32 weights as float16, each behind a Cast back to float32.
+
+    Only weights that float16 holds exactly are halved: after :func:`round_weights_to_half` that is
+    every parameter, but the exporter's constant folding also makes new ones (a weight times a
+    scale) that would round a second time, and those stay float32 (a few percent of the bytes).
+    """
+    import onnx  # an optional dependency, like onnxruntime (see check_graphs)
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph_model = onnx.load(str(path))
+    graph = graph_model.graph
+    initializers, casts = [], []
+    for init in graph.initializer:
+        values = numpy_helper.to_array(init) if init.data_type == TensorProto.FLOAT else None
+        if values is None or values.size < HALF_MIN_ELEMENTS or not np.array_equal(
+                values.astype(np.float16).astype(np.float32), values):
+            initializers.append(init)
+            continue
+        half = numpy_helper.from_array(values.astype(np.float16), f"{init.name}.fp16")
+        initializers.append(half)
+        casts.append(helper.make_node("Cast", [half.name], [init.name], to=TensorProto.FLOAT,
+                                      name=f"{init.name}.to_float"))
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(casts + nodes)  # the casts first: nodes stay in topological order
+    onnx.save(graph_model, str(path))
+
+
+def write_onnx_files(model: Model, folder: Path, source: Path | str, *, fp16: bool = False) -> dict[str, float]:
+    """Write the three graphs and onnx.json into ``folder`` (an export, or a model folder being
+    built), checked against PyTorch; returns the largest differences.  With ``fp16`` the model's
+    weights are rounded to float16 in place first (see the module doc)."""
+    model = model.cpu().eval()
+    if fp16:
+        round_weights_to_half(model)
+    layers = write_graphs(model, folder)
+    if fp16:
+        for name in (ENCODER, CROSS_CACHE, DECODER):
+            halve_initializers(folder / name)
+    diffs = check_graphs(model, folder, layers)
+    manifest = {"format": FORMAT, "version": FORMAT_VERSION, "opset": OPSET, "layers": layers,
+                "weights": "float16" if fp16 else "float32",
+                "max_abs_diff": {k: float(f"{v:.3g}") for k, v in diffs.items()},
+                "torch": torch.__version__, "source": str(source)}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    return diffs
+
+
 # -- the export -----------------------------------------------------------------------------------------
 
 def _check_target(out: Path) -> None:
@@ -226,7 +297,7 @@ def _check_target(out: Path) -> None:
         raise ExportError(f"{out}: exists and is not an ONNX export (no {MANIFEST}); choose another folder")
 
 
-def export_model(model: Model, source: Path, out_dir: str | os.PathLike) -> Path:
+def export_model(model: Model, source: Path, out_dir: str | os.PathLike, *, fp16: bool = False) -> Path:
     """Export ``model`` to ``out_dir``, copying config, tokenizer and meta from its model folder ``source``."""
     out = Path(out_dir)
     _check_target(out)
@@ -234,16 +305,10 @@ def export_model(model: Model, source: Path, out_dir: str | os.PathLike) -> Path
     tmp = out.with_name(f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}")
     tmp.mkdir()  # not mkdtemp: the folder should get the usual permissions (umask), not 0700
     try:
-        model = model.cpu().eval()
-        layers = write_graphs(model, tmp)
-        diffs = check_graphs(model, tmp, layers)
+        write_onnx_files(model, tmp, source, fp16=fp16)
         for name in (CONFIG, TOKENIZER, META):
             if (source / name).is_file():
                 shutil.copyfile(source / name, tmp / name)
-        manifest = {"format": FORMAT, "version": FORMAT_VERSION, "opset": OPSET, "layers": layers,
-                    "max_abs_diff": {k: float(f"{v:.3g}") for k, v in diffs.items()},
-                    "torch": torch.__version__, "source": str(source)}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
         replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -251,7 +316,7 @@ def export_model(model: Model, source: Path, out_dir: str | os.PathLike) -> Path
     return out
 
 
-def export_onnx(model_folder: str | os.PathLike | None, out_dir: str | os.PathLike) -> Path:
+def export_onnx(model_folder: str | os.PathLike | None, out_dir: str | os.PathLike, *, fp16: bool = False) -> Path:
     """Export the model folder ``model_folder`` (None: the bundled model) to ONNX in ``out_dir``; returns it.
 
     Raises CheckpointError for an unloadable model folder and ExportError when the export fails
@@ -259,7 +324,7 @@ def export_onnx(model_folder: str | os.PathLike | None, out_dir: str | os.PathLi
     """
     source = resolve_model_folder(model_folder)
     model = load_model_folder(source)[0]
-    return export_model(model, source, out_dir)
+    return export_model(model, source, out_dir, fp16=fp16)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -268,9 +333,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--onnx", required=True, metavar="DIR",
                         help="output folder (replaced if it holds an earlier export)")
     parser.add_argument("--checkpoint", metavar="MODEL", help="model folder (default: the bundled model)")
+    parser.add_argument("--fp16", action="store_true",
+                        help="store the weights as float16 (half the size; the arithmetic stays float32)")
     args = parser.parse_args(argv)
     try:
-        out = export_onnx(args.checkpoint, args.onnx)
+        out = export_onnx(args.checkpoint, args.onnx, fp16=args.fp16)
     except (ValueError, OSError, ImportError) as exc:  # ExportError and CheckpointError are ValueErrors
         print(f"error: {exc}", file=sys.stderr)
         return 2

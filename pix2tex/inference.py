@@ -8,36 +8,40 @@
 The object holds the loaded model and nothing else; every call is independent.  Images go
 through :mod:`pix2tex.preprocess` (any format, dark mode, margins, scale normalization), are
 grouped into batches of similar size, decoded greedily or with beam search, and normalized.
+
+Two engines read: onnxruntime over the model folder's ONNX graphs (the default wherever the folder
+has them, as the bundled one does; all the light install ``pip install pix2tex`` has) and PyTorch
+over its weights (``pix2tex[train]``).  Both take the same prepared images and follow the same
+decoding rules (:mod:`pix2tex.decoding_rules`); this module imports neither until one is chosen.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
-from pix2tex.checkpoint import (
-    CheckpointError,
-    check_glyph_estimator,
-    glyph_estimator,
-    glyph_scale,
-    load_model_folder,
-)
 from pix2tex.config import check_glyph_scale
 from pix2tex.fileio import printable_name
-from pix2tex.models import decoding
+from pix2tex.metrics import edit_distances
+from pix2tex.model_folder import CheckpointError, check_glyph_estimator, glyph_estimator, glyph_scale
+from pix2tex.onnx_engine import has_onnx_graphs
 from pix2tex.preprocess import DEFAULT_GLYPH_HEIGHT, MAX_PIXELS, load_image, prepare, to_batch
 
-__all__ = ["LatexOCR", "Prediction", "image_error", "reading_scales", "consensus"]
+__all__ = ["LatexOCR", "Prediction", "image_error", "reading_scales", "consensus", "ENGINES", "choose_engine",
+           "TRAIN_EXTRA"]
+
+ENGINES = ("auto", "onnx", "torch")
+TRAIN_EXTRA = "pip install 'pix2tex[train]'"  # what a light install lacks to train, export, evaluate
 
 ImageSource = str | os.PathLike | bytes | Image.Image
 
-CPU_ENCODER_BATCH = 2  # images encoded at once on a CPU (see LatexOCR._decode)
 
 
 @dataclass
@@ -87,8 +91,6 @@ def consensus(readings: Sequence[str]) -> int:
 
     A reading that the other sizes agree with is rarely a misreading caused by one size.
     """
-    from pix2tex.metrics import edit_distances  # sacrebleu, rapidfuzz: only multi-scale reading needs them
-
     costs = [sum(edit_distances([r] * len(readings), readings)) for r in readings]
     return costs.index(min(costs))
 
@@ -123,12 +125,42 @@ class _PerImage:
             self.progress.update(self.done // self.n - before)
 
 
+def choose_engine(engine: str, checkpoint: str | os.PathLike | None) -> str:
+    """The engine that reads ``checkpoint``: ``engine`` itself, or for "auto" onnxruntime when the
+    folder has ONNX graphs and onnxruntime is installed, else PyTorch."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine != "auto":
+        return engine
+    if has_onnx_graphs(checkpoint) and importlib.util.find_spec("onnxruntime") is not None:
+        return "onnx"
+    return "torch"
+
+
+class _OnnxReader:
+    """Decoding with onnxruntime over the folder's ONNX graphs (numpy arrays throughout)."""
+
+    def __init__(self, checkpoint: str | os.PathLike | None, device: str | None, threads: int | None):
+        if device not in (None, "cpu"):
+            raise ValueError(f"the ONNX engine runs on the CPU only, got device {device!r}")
+        from pix2tex.onnx_engine import load_onnx_folder
+
+        self.device = "cpu"
+        self.model, self.config, self.tokenizer, self.meta = load_onnx_folder(checkpoint, threads=threads)
+
+    def decode(self, arrays: list[np.ndarray], beam: int) -> tuple[list[str], list[float]]:
+        x = to_batch(arrays, self.config.patch_size)
+        out = self.model.beam_search(x, beam_size=beam) if beam > 1 else self.model.generate(x)
+        return self.tokenizer.decode_latex(out.ids), out.logprob.astype(float).tolist()
+
+
 class LatexOCR:
     """Read formula images with a trained model folder (default: the model shipped in the package).
 
     Args:
-        checkpoint: model folder (weights, config, tokenizer) or None for the bundled model.
-        device: "cpu", "cuda", … (default: CUDA when available).
+        checkpoint: model folder (weights and/or ONNX graphs, config, tokenizer) or None for the
+            bundled model.
+        device: "cpu", "cuda", … (torch engine; default: CUDA when available).
         beam: beam size; 1 is greedy decoding.
         batch_size: images decoded together (grouped by size).
         encoder_batch: images of a batch encoded at once: memory against speed (default: 2 on a
@@ -136,8 +168,8 @@ class LatexOCR:
         rescale: normalize the glyph size of input images to the training size.
         glyph_scale: with ``rescale``, read glyphs at this multiple of the training size (default:
             the model folder's ``glyph_scale``, chosen on validation renders; 1 when it has none).
-        engine: "torch", or "onnx" to run a folder written by ``pix2tex export --onnx`` with
-            onnxruntime (CPU).
+        engine: "auto" (default): onnxruntime when the folder has ONNX graphs (the bundled model
+            does; ``pix2tex export --onnx`` writes them), else PyTorch; or "onnx", "torch".
         threads: CPU threads for the onnx engine (default: onnxruntime's choice).
         max_pixels: images with more pixels are refused from their header (a server's limit).
         glyph_estimator: how glyphs are measured, one of
@@ -149,7 +181,7 @@ class LatexOCR:
     """
 
     def __init__(self, checkpoint: str | os.PathLike | None = None, *, device: str | None = None,
-                 beam: int = 1, batch_size: int = 8, rescale: bool = True, engine: str = "torch",
+                 beam: int = 1, batch_size: int = 8, rescale: bool = True, engine: str = "auto",
                  threads: int | None = None, encoder_batch: int | None = None, max_pixels: int = MAX_PIXELS,
                  glyph_scale: float | None = None, scales: int = 1, glyph_estimator: str | None = None):
         if isinstance(scales, bool) or not isinstance(scales, int) or not 1 <= scales <= MAX_SCALES:
@@ -159,25 +191,26 @@ class LatexOCR:
         if beam < 1 or batch_size < 1 or (encoder_batch is not None and encoder_batch < 1):
             raise ValueError(f"beam ({beam}), batch_size ({batch_size}) and encoder_batch ({encoder_batch}) "
                              "must be at least 1")
-        if engine == "onnx":
-            from pix2tex.onnx_engine import load_onnx_folder  # onnxruntime is an optional dependency
-
-            self.device = torch.device("cpu")
-            self.model, self.config, self.tokenizer, self.meta = load_onnx_folder(checkpoint, device or "cpu",
-                                                                                  threads=threads)
-        elif engine == "torch":
-            self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-            self.model, self.config, self.tokenizer, self.meta = load_model_folder(checkpoint, self.device)
+        self.engine = choose_engine(engine, checkpoint)
+        if self.engine == "onnx":
+            self._reader: Any = _OnnxReader(checkpoint, device, threads)
         else:
-            raise ValueError(f"engine must be 'torch' or 'onnx', got {engine!r}")
-        if engine == "onnx" and self.config.mask_padding:
+            try:
+                from pix2tex.models.reading import TorchReader  # the train extra: torch, timm, x-transformers
+            except ImportError as exc:
+                raise ImportError(f"this model folder has no ONNX graphs, and reading its weights needs PyTorch "
+                                  f"({exc.name} is missing): {TRAIN_EXTRA}, or read its ONNX export "
+                                  f"(`pix2tex export --onnx DIR`)") from None
+            self._reader = TorchReader(checkpoint, device, encoder_batch, batch_size)
+        self.device, self.model, self.config = self._reader.device, self._reader.model, self._reader.config
+        self.tokenizer, self.meta = self._reader.tokenizer, self._reader.meta
+        if self.engine == "onnx" and self.config.mask_padding:
             # The exported graphs have no padding mask: one image per batch keeps readings exact.
             batch_size = 1
         self.beam, self.batch_size, self.rescale, self.max_pixels = beam, batch_size, rescale, max_pixels
         self.glyph_scale = _glyph_scale(self.meta, glyph_scale, rescale)
         self.glyph_estimator = _glyph_estimator(self.meta, glyph_estimator)
         self.scales = reading_scales(self.glyph_scale, scales)
-        self.encoder_batch = encoder_batch or (CPU_ENCODER_BATCH if self.device.type == "cpu" else batch_size)
 
     def __call__(self, img: ImageSource) -> str:
         """LaTeX of one image; raises ``ValueError`` (one line) if it cannot be read."""
@@ -248,55 +281,10 @@ class LatexOCR:
         for lo in range(0, len(order), self.batch_size):
             chunk = order[lo : lo + self.batch_size]
             start = time.perf_counter()
-            latex, confidence = self._decode([arrays[k] for k in chunk])
+            latex, confidence = self._reader.decode([arrays[k] for k in chunk], self.beam)
             share = (time.perf_counter() - start) / len(chunk)
             for k, text, conf in zip(chunk, latex, confidence, strict=True):
                 out[k] = (text, conf, share)
             if progress is not None:
                 progress.update(len(chunk))
         return [r for r in out if r is not None]
-
-    @torch.inference_mode()
-    def _decode(self, arrays: list[np.ndarray]) -> tuple[list[str], list[float]]:
-        limit = self.config.max_seq_len - 1
-        if self.config.mask_padding:
-            memory, mask = self._encode_unpadded(arrays)
-        else:  # a model trained to attend to padding reads a padded batch, as it was trained
-            x = to_batch(arrays, self.config.patch_size).to(self.device)
-            memory, mask = torch.cat([self.model.encode(x[i : i + self.encoder_batch])
-                                      for i in range(0, len(x), self.encoder_batch)]), None
-        step = self.model.decoding_step(memory)
-        if self.beam > 1:
-            out = decoding.beam_search(step, memory, beam_size=self.beam, steps=limit, memory_mask=mask)
-        else:
-            out = decoding.generate(step, memory, steps=limit, memory_mask=mask)
-        return self.tokenizer.decode_latex(out.ids.cpu()), out.logprob.float().cpu().tolist()
-
-    def _encode_unpadded(self, arrays: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Memories of images encoded each on its own canvas, padded for the decoder, and their mask.
-
-        Masking padded patches in attention is not enough for a reading to be independent of its
-        batch: the backbone's convolutions see the padding beside an image's right and bottom
-        edges (normalized, it is no longer the zero border a lone image gets), so memories
-        changed by up to 1.2 in a mixed batch.  So only images of the same canvas size are
-        encoded together (no padding at all), a few at a time, which also bounds the encoder's
-        activations, the peak of a batch's memory (986 im2latex images, batches of 8: 969 MiB
-        peak RSS against 1,016 MiB with the whole batch at once, see docs/RESULTS.md); the
-        decoder then reads all memories together, their padded rows hidden.
-        """
-        by_shape: dict[tuple[int, ...], list[int]] = {}
-        for k, arr in enumerate(arrays):
-            by_shape.setdefault(arr.shape, []).append(k)
-        rows: list[torch.Tensor | None] = [None] * len(arrays)
-        for indices in by_shape.values():
-            for lo in range(0, len(indices), self.encoder_batch):
-                part = indices[lo : lo + self.encoder_batch]
-                memory = self.model.encode(to_batch([arrays[k] for k in part], self.config.patch_size).to(self.device))
-                for k, m in zip(part, memory, strict=True):
-                    rows[k] = m
-        lengths = [m.shape[0] for m in rows]
-        if len(set(lengths)) == 1:
-            return torch.stack(rows), None
-        memory = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
-        positions = torch.arange(memory.shape[1], device=memory.device)
-        return memory, positions[None, :] < torch.tensor(lengths, device=memory.device)[:, None]

@@ -9,13 +9,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-import sacrebleu
 from rapidfuzz.distance import Levenshtein
 
 from pix2tex.normalize import latex_tokens
 
 __all__ = ["Scores", "bleu", "bleu_statistics", "bleu_from_statistics", "edit_distance",
            "edit_distances", "token_accuracy", "exact_match", "score"]
+
+
+def _sacrebleu():
+    """sacrebleu, which only BLEU needs: the light install (reading only) leaves it out."""
+    try:
+        import sacrebleu
+    except ImportError:
+        raise ImportError("BLEU needs sacrebleu: pip install 'pix2tex[train]'") from None
+    return sacrebleu
 
 
 def _tokens(texts: Sequence[str]) -> list[list[str]]:
@@ -28,7 +36,7 @@ def bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
         return 0.0
     hyp = [" ".join(t) for t in _tokens(predictions)]
     ref = [" ".join(t) for t in _tokens(references)]
-    return sacrebleu.corpus_bleu(hyp, [ref], tokenize="none", force=True).score / 100.0
+    return _sacrebleu().corpus_bleu(hyp, [ref], tokenize="none", force=True).score / 100.0
 
 
 def bleu_statistics(predictions: Sequence[str], references: Sequence[str]) -> list[list[int]]:
@@ -39,7 +47,7 @@ def bleu_statistics(predictions: Sequence[str], references: Sequence[str]) -> li
     """
     hyp = [" ".join(t) for t in _tokens(predictions)]
     ref = [" ".join(t) for t in _tokens(references)]
-    metric = sacrebleu.BLEU(tokenize="none", force=True)
+    metric = _sacrebleu().BLEU(tokenize="none", force=True)
     # sacrebleu's own per-segment statistics: [hyp_len, ref_len, matches_1..4, totals_1..4]
     return [list(map(int, row)) for row in metric._extract_corpus_statistics(hyp, [ref])]
 
@@ -47,7 +55,7 @@ def bleu_statistics(predictions: Sequence[str], references: Sequence[str]) -> li
 def bleu_from_statistics(total: Sequence[int]) -> float:
     """Corpus BLEU in [0, 1] from the column sums of :func:`bleu_statistics` (as :func:`bleu`)."""
     hyp_len, ref_len = total[0], total[1]
-    return sacrebleu.BLEU.compute_bleu(list(total[2:6]), list(total[6:10]), hyp_len, ref_len,
+    return _sacrebleu().BLEU.compute_bleu(list(total[2:6]), list(total[6:10]), hyp_len, ref_len,
                                        smooth_method="exp").score / 100.0
 
 

@@ -11,11 +11,13 @@ An ONNX model folder holds three graphs and what is needed to read their output:
     config.yaml, tokenizer.json, meta.json   copied from the model folder
 
 The first decoder step runs ``decoder.onnx`` with zero-length self-attention caches, so one graph
-serves every step.  :class:`OnnxModel` has the decoding interface of
-:class:`pix2tex.models.model.Model` that :class:`pix2tex.LatexOCR` uses (``encode``,
-``decoding_step``, ``generate``, ``beam_search``, ``cfg``, ``tokenizer``); :class:`OnnxStep` is one
-more step for the decoding loops of :mod:`pix2tex.models.decoding`, so greedy and beam-search
-tokens follow exactly the same rules as PyTorch's.
+serves every step.  The bundled model folder carries these graphs beside its PyTorch weights; an
+export (``pix2tex export --onnx DIR``) holds them alone.
+
+This engine needs no torch: arrays are numpy's, and decoding is :mod:`pix2tex.onnx_decoding`
+(greedy and beam search, the rules of :mod:`pix2tex.models.decoding`).  :class:`OnnxModel` has the
+decoding interface :class:`pix2tex.LatexOCR` uses (``encode``, ``generate``, ``beam_search``,
+``cfg``, ``tokenizer``).
 """
 
 from __future__ import annotations
@@ -26,22 +28,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import Tensor
 
-from pix2tex.checkpoint import CheckpointError, read_folder_files
+from pix2tex import onnx_decoding
 from pix2tex.config import ModelConfig
-from pix2tex.models import decoding
-from pix2tex.models.decoding import FlatCache, Generation, check_max_new_tokens
-from pix2tex.models.vit import check_images
+from pix2tex.decoding_rules import check_max_new_tokens
+from pix2tex.model_folder import ONNX_MANIFEST, CheckpointError, read_folder_files, resolve_model_folder
+from pix2tex.onnx_decoding import ArrayCache, Generation
 from pix2tex.tokenizer import LatexTokenizer
 
 __all__ = [
     "ENCODER", "CROSS_CACHE", "DECODER", "MANIFEST", "FORMAT", "FORMAT_VERSION", "SELF", "CROSS", "cache_names",
-    "check_threads", "make_session", "read_manifest", "OnnxStep", "OnnxModel", "load_onnx_folder",
+    "GRAPHS", "check_threads", "make_session", "read_manifest", "check_images", "OnnxStep", "OnnxModel",
+    "load_onnx_folder", "has_onnx_graphs",
 ]
 
-ENCODER, CROSS_CACHE, DECODER, MANIFEST = "encoder.onnx", "cross_cache.onnx", "decoder.onnx", "onnx.json"
+ENCODER, CROSS_CACHE, DECODER, MANIFEST = "encoder.onnx", "cross_cache.onnx", "decoder.onnx", ONNX_MANIFEST
+GRAPHS = (ENCODER, CROSS_CACHE, DECODER)
 FORMAT, FORMAT_VERSION = "pix2tex-onnx", 1
 SELF, CROSS = "self", "cross"  # cache kinds, in the order of the decoder's attention layers
 
@@ -65,7 +67,7 @@ def make_session(path: str | os.PathLike, threads: int | None = None):
     try:
         import onnxruntime as ort  # imported here: an optional dependency that only this engine needs
     except ImportError:
-        raise ImportError("the ONNX engine needs onnxruntime: pip install 'pix2tex[onnx]'") from None
+        raise ImportError("the ONNX engine needs onnxruntime: pip install pix2tex") from None
     check_threads(threads)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or 0
@@ -81,18 +83,28 @@ def make_session(path: str | os.PathLike, threads: int | None = None):
         raise CheckpointError(f"{path}: unreadable ONNX graph ({first})") from None
 
 
-def _numpy(t: Tensor) -> np.ndarray:
-    return np.ascontiguousarray(t.detach().cpu().numpy())
+def check_images(images: np.ndarray, cfg: ModelConfig) -> None:
+    """ValueError (one line) unless ``images`` is a float batch [B, channels, H, W] the graphs take
+    (H, W multiples of the patch size within the model's maximum; the torch encoder's checks)."""
+    if not isinstance(images, np.ndarray) or images.ndim != 4 or images.shape[1] != cfg.channels:
+        raise ValueError(f"images must be a numpy array [B, {cfg.channels}, H, W], got "
+                         f"{getattr(images, 'shape', type(images).__name__)}")
+    if not np.issubdtype(images.dtype, np.floating):
+        raise ValueError(f"images must be normalized floats (pix2tex.preprocess.to_batch), got {images.dtype}")
+    _, _, h, w = images.shape
+    p = cfg.patch_size
+    if h % p or w % p or not (0 < h <= cfg.max_height and 0 < w <= cfg.max_width):
+        raise ValueError(f"image size {h}x{w} must be multiples of {p} within {cfg.max_height}x{cfg.max_width}")
 
 
 class OnnxStep:
-    """The decoder step of :mod:`pix2tex.models.decoding` run by ``cross_cache.onnx`` and ``decoder.onnx``.
+    """One decoder step run by ``cross_cache.onnx`` (once) and ``decoder.onnx`` (every step).
 
-    Its cache is the lean step's :class:`FlatCache` (the graphs are exported from that step): the
-    cross-attention keys/values come from ``cross_cache.onnx`` once, the self-attention ones are
-    replaced by the graph's ``present`` outputs after each step.  The graphs attend to every memory
-    row, so there is no memory mask (LatexOCR decodes models trained with ``mask_padding`` one
-    image at a time on this engine, which needs none).
+    Its cache is an :class:`pix2tex.onnx_decoding.ArrayCache`: the cross-attention keys/values come
+    from ``cross_cache.onnx`` once, the self-attention ones are replaced by the graph's ``present``
+    outputs after each step.  The graphs attend to every memory row, so there is no memory mask
+    (LatexOCR decodes models trained with ``mask_padding`` one image at a time on this engine,
+    which needs none).
     """
 
     def __init__(self, cross_session: Any, step_session: Any, layers: list[str], cfg: ModelConfig):
@@ -113,34 +125,32 @@ class OnnxStep:
         self._step_outputs = ["logits"] + [
             n for j, kind in enumerate(self.layers) if kind == SELF for n in cache_names("present", j)]
 
-    def start(self, memory: Tensor, memory_mask: Tensor | None) -> FlatCache:
-        if memory_mask is not None:
-            raise ValueError("the ONNX decoder graphs take no memory mask; decode one image at a time")
-        outputs = self.cross_session.run(self._cross_outputs, {"memory": _numpy(memory)})
-        cross = iter(torch.from_numpy(a) for a in outputs)
+    def start(self, memory: np.ndarray) -> ArrayCache:
+        outputs = iter(self.cross_session.run(self._cross_outputs, {"memory": np.ascontiguousarray(memory)}))
         batch = memory.shape[0]
-        empty = [(torch.zeros(batch, kh, 0, kd), torch.zeros(batch, vh, 0, vd))
+        empty = [(np.zeros((batch, kh, 0, kd), np.float32), np.zeros((batch, vh, 0, vd), np.float32))
                  for (kh, kd), (vh, vd) in self._self_shapes]
-        return FlatCache(self_kv=empty, cross_kv=list(zip(cross, cross, strict=True)), length=0)
+        return ArrayCache(self_kv=empty, cross_kv=list(zip(outputs, outputs, strict=True)), length=0)
 
-    def __call__(self, tokens: Tensor, cache: FlatCache) -> Tensor:
+    def __call__(self, tokens: np.ndarray, cache: ArrayCache) -> np.ndarray:
         """Logits [B, V] after ``tokens`` [B, 1] (one new token per row); the cache grows by it."""
-        if tokens.dim() != 2 or tokens.shape[1] != 1:
+        if tokens.ndim != 2 or tokens.shape[1] != 1:
             raise ValueError(f"the ONNX decoder step takes one new token per row, got tokens {tuple(tokens.shape)}")
-        feeds = {"tokens": _numpy(tokens.long())}
+        feeds = {"tokens": np.ascontiguousarray(tokens, dtype=np.int64)}
         self_kv, cross_kv = iter(cache.self_kv), iter(cache.cross_kv)
         for j, kind in enumerate(self.layers):
             key, value = cache_names("past", j)
-            feeds[key], feeds[value] = map(_numpy, next(self_kv) if kind == SELF else next(cross_kv))
+            feeds[key], feeds[value] = (np.ascontiguousarray(a) for a in
+                                        (next(self_kv) if kind == SELF else next(cross_kv)))
         logits, *present = self.step_session.run(self._step_outputs, feeds)
-        present = iter(torch.from_numpy(a) for a in present)
+        present = iter(present)
         cache.self_kv = list(zip(present, present, strict=True))
         cache.length += 1
-        return torch.from_numpy(logits)
+        return logits
 
 
 class OnnxModel:
-    """Encoder and decoder graphs in onnxruntime, with :class:`pix2tex.models.model.Model`'s decoding interface."""
+    """Encoder and decoder graphs in onnxruntime, with the decoding interface LatexOCR uses."""
 
     def __init__(self, folder: str | os.PathLike, cfg: ModelConfig, tokenizer: LatexTokenizer,
                  layers: list[str], *, threads: int | None = None):
@@ -151,33 +161,25 @@ class OnnxModel:
         self.step = OnnxStep(make_session(folder / CROSS_CACHE, threads), make_session(folder / DECODER, threads),
                              layers, cfg)
 
-    def encode(self, images: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Images [B, channels, H, W] -> memory [B, N, dim] (same input checks as the PyTorch encoder)."""
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        """Images [B, channels, H, W] (float32, as :func:`pix2tex.preprocess.to_batch` makes them) ->
+        memory [B, N, dim]."""
         check_images(images, self.cfg)
-        if mask is not None:
-            raise ValueError("the ONNX encoder graph takes no padding mask; encode one image at a time")
-        (memory,) = self.encoder_session.run(None, {"images": _numpy(images.float())})
-        return torch.from_numpy(memory)
+        (memory,) = self.encoder_session.run(None, {"images": np.ascontiguousarray(images, dtype=np.float32)})
+        return memory
 
-    def decoding_step(self, memory: Tensor) -> OnnxStep:  # noqa: ARG002 - the PyTorch engine's signature
-        """The step the decoding loops run (the graphs; ``memory`` is not needed to choose it)."""
-        return self.step
-
-    def generate(self, images: Tensor, *, max_new_tokens: int | None = None, temperature: float = 0.0,
-                 top_k: int | None = None, top_p: float | None = None, stop_at_eos: bool = True,
-                 generator: torch.Generator | None = None) -> Generation:
-        """Greedy (default) or sampled LaTeX ids for each image; see :func:`pix2tex.models.decoding.generate`."""
+    def generate(self, images: np.ndarray, *, max_new_tokens: int | None = None,
+                 stop_at_eos: bool = True) -> Generation:
+        """Greedy LaTeX ids for each image; see :func:`pix2tex.onnx_decoding.generate`."""
         steps = check_max_new_tokens(max_new_tokens, self.cfg.max_seq_len)
-        return decoding.generate(self.step, self.encode(images), steps=steps,
-                                 temperature=temperature, top_k=top_k, top_p=top_p, stop_at_eos=stop_at_eos,
-                                 generator=generator)
+        return onnx_decoding.generate(self.step, self.encode(images), steps=steps, stop_at_eos=stop_at_eos)
 
-    def beam_search(self, images: Tensor, *, beam_size: int, max_new_tokens: int | None = None,
+    def beam_search(self, images: np.ndarray, *, beam_size: int, max_new_tokens: int | None = None,
                     length_penalty: float = 1.0) -> Generation:
-        """Length-normalised beam search for each image; see :func:`pix2tex.models.decoding.beam_search`."""
-        return decoding.beam_search(self.step, self.encode(images), beam_size=beam_size,
-                                    steps=check_max_new_tokens(max_new_tokens, self.cfg.max_seq_len),
-                                    length_penalty=length_penalty)
+        """Length-normalised beam search for each image; see :func:`pix2tex.onnx_decoding.beam_search`."""
+        return onnx_decoding.beam_search(self.step, self.encode(images), beam_size=beam_size,
+                                         steps=check_max_new_tokens(max_new_tokens, self.cfg.max_seq_len),
+                                         length_penalty=length_penalty)
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
@@ -201,21 +203,24 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-def load_onnx_folder(path: str | os.PathLike | None, device: str | torch.device = "cpu", *, threads: int | None = None):
-    """Load (OnnxModel, ModelConfig, LatexTokenizer, meta) from an exported folder, like ``load_model_folder``.
-
-    ``device`` must be the CPU (the engine uses onnxruntime's CPU provider); ``threads`` sets its
-    intra-op threads (None: onnxruntime's default, one per core).
-    """
-    if torch.device(device).type != "cpu":
-        raise ValueError(f"the ONNX engine runs on the CPU only, got device {device!r}")
-    if path is None:  # there is no bundled export: the caller's "default model" has to be exported first
-        raise CheckpointError("the ONNX engine needs an exported folder (make one with `pix2tex export --onnx DIR`)")
-    folder = Path(path)
+def load_onnx_folder(path: str | os.PathLike | None, *, threads: int | None = None):
+    """Load (OnnxModel, ModelConfig, LatexTokenizer, meta) from a folder with ONNX graphs (None: the
+    bundled model), like ``load_model_folder``; ``threads`` sets onnxruntime's intra-op threads
+    (None: its default, one per core)."""
+    folder = resolve_model_folder(path, needs=MANIFEST)
     manifest = read_manifest(folder)
-    for name in (ENCODER, CROSS_CACHE, DECODER):
+    for name in GRAPHS:
         if not (folder / name).is_file():
             raise CheckpointError(f"{folder}: incomplete ONNX model folder (no {name})")
     config, tokenizer, meta = read_folder_files(folder, "ONNX model folder")
     model = OnnxModel(folder, config, tokenizer, manifest["layers"], threads=threads)
     return model, config, tokenizer, meta
+
+
+def has_onnx_graphs(path: str | os.PathLike | None) -> bool:
+    """Whether the folder (None: the bundled model) holds the ONNX graphs this engine reads."""
+    try:
+        folder = resolve_model_folder(path, needs=MANIFEST)
+    except CheckpointError:
+        return False
+    return all((folder / name).is_file() for name in GRAPHS)

@@ -26,7 +26,6 @@ import warnings
 
 import cv2
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pix2tex.fileio import FileReadError, printable_name, read_limited
@@ -613,8 +612,9 @@ MEAN, STD = 0.7931, 0.1738
 
 
 def to_batch(images: list[np.ndarray], multiple: int, height: int | None = None,
-             width: int | None = None) -> torch.Tensor:
-    """Stack grayscale images into a normalized float tensor ``[B, 1, H, W]``.
+             width: int | None = None) -> np.ndarray:
+    """Stack grayscale images into a normalized float32 array ``[B, 1, H, W]`` (both engines' input:
+    ``torch.from_numpy`` makes it the torch engine's tensor without a copy).
 
     Each image sits at the top-left of a white canvas of the batch's size (``height`` x ``width``
     if given, else the largest image rounded up to ``multiple``), the same placement inference uses.
@@ -625,11 +625,14 @@ def to_batch(images: list[np.ndarray], multiple: int, height: int | None = None,
     for k, im in enumerate(images):
         ih, iw = min(im.shape[0], h), min(im.shape[1], w)
         canvas[k, 0, :ih, :iw] = im[:ih, :iw]
-    x = torch.from_numpy(canvas).float().div_(255.0)
-    return x.sub_(MEAN).div_(STD)
+    x = canvas.astype(np.float32)
+    x /= np.float32(255.0)
+    x -= np.float32(MEAN)
+    x /= np.float32(STD)
+    return x
 
 
-def canvas_sizes(images: list[np.ndarray], height: int, width: int) -> torch.Tensor:
-    """[B, 2] long: each image's (height, width) inside a ``height`` x ``width`` canvas of :func:`to_batch`
+def canvas_sizes(images: list[np.ndarray], height: int, width: int) -> np.ndarray:
+    """[B, 2] int64: each image's (height, width) inside a ``height`` x ``width`` canvas of :func:`to_batch`
     (what a model with ``mask_padding`` needs to hide the padding)."""
-    return torch.tensor([[min(im.shape[0], height), min(im.shape[1], width)] for im in images], dtype=torch.long)
+    return np.array([[min(im.shape[0], height), min(im.shape[1], width)] for im in images], dtype=np.int64)

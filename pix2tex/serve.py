@@ -505,8 +505,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8502)
     p.add_argument("--checkpoint", help="model folder (default: the bundled model)")
-    p.add_argument("--engine", choices=("torch", "onnx"), default="torch",
-                   help="onnx: a folder written by `pix2tex export --onnx DIR`, run with onnxruntime")
+    p.add_argument("--engine", choices=("auto", "onnx", "torch"), default="auto",
+                   help="auto: onnxruntime when the model folder has ONNX graphs (the bundled one does), "
+                        "else PyTorch")
     p.add_argument("--device", help="cpu, cuda, … (torch engine; default: CUDA when available)")
     p.add_argument("--beam", type=int, default=1, help="beam size (1: greedy)")
     p.add_argument("--max-batch", type=int, default=d.max_batch, help="images decoded together")
@@ -538,20 +539,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: the server needs its extra: pip install 'pix2tex[serve]'", file=sys.stderr)
         return 2
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "8")  # see cli.predict_main
-    import torch  # after the oneDNN setting above, and only once the arguments are valid
-
-    from pix2tex.checkpoint import CheckpointError
     from pix2tex.inference import LatexOCR
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     try:
         ocr = LatexOCR(args.checkpoint, device=args.device, beam=args.beam, batch_size=settings.max_batch,
                        engine=args.engine, threads=args.threads, max_pixels=settings.max_pixels)
-    except (CheckpointError, ValueError, ImportError) as exc:
+    except (ValueError, ImportError) as exc:  # CheckpointError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    app = create_app(ocr, settings, model_name=args.checkpoint or "bundled", engine=args.engine)
+    if args.threads and ocr.engine == "torch":
+        import torch  # only the torch engine has it; onnxruntime got the threads above
+
+        torch.set_num_threads(args.threads)
+    app = create_app(ocr, settings, model_name=args.checkpoint or "bundled", engine=ocr.engine)
     print(f"pix2tex serve: http://{args.host}:{args.port}/ (API docs at /docs)", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0

@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import torch
+import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from pix2tex.fileio import atomic_write_text
@@ -120,8 +120,8 @@ class LatexTokenizer:
     def vocab_size(self) -> int:
         return self.hf.get_vocab_size()
 
-    def encode(self, formulas: Sequence[str], max_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Ids ``[BOS] … [EOS]`` right-padded with PAD, and the matching boolean mask.
+    def encode(self, formulas: Sequence[str], max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Ids ``[BOS] … [EOS]`` (int64) right-padded with PAD, and the matching boolean mask.
 
         ``max_len`` (BOS and EOS included) truncates the ids; the EOS is kept as last token only
         when the formula fits, so a truncated target never teaches the model to stop early.
@@ -130,18 +130,19 @@ class LatexTokenizer:
         if max_len is not None:
             rows = [r[:max_len] for r in rows]
         width = max((len(r) for r in rows), default=2)
-        ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
+        ids = np.full((len(rows), width), PAD_ID, dtype=np.int64)
         for k, r in enumerate(rows):
-            ids[k, : len(r)] = torch.tensor(r, dtype=torch.long)
+            ids[k, : len(r)] = r
         return ids, ids != PAD_ID
 
     def lengths(self, formulas: Sequence[str]) -> list[int]:
         """Number of ids per formula, BOS and EOS included."""
         return [len(e.ids) + 2 for e in self.hf.encode_batch(list(formulas))]
 
-    def decode(self, ids: torch.Tensor | Sequence[Sequence[int]]) -> list[str]:
-        """Decode rows of ids, dropping BOS/PAD and everything from the first EOS on."""
-        rows = ids.tolist() if isinstance(ids, torch.Tensor) else [list(r) for r in ids]
+    def decode(self, ids: Sequence[Sequence[int]]) -> list[str]:
+        """Decode rows of ids (lists, a numpy array or a torch tensor), dropping BOS/PAD and
+        everything from the first EOS on."""
+        rows = ids.tolist() if hasattr(ids, "tolist") else [list(r) for r in ids]
         out = []
         for row in rows:
             if EOS_ID in row:
@@ -150,7 +151,7 @@ class LatexTokenizer:
             out.append(self.hf.decode(row, skip_special_tokens=True).strip())
         return out
 
-    def decode_latex(self, ids: torch.Tensor | Sequence[Sequence[int]]) -> list[str]:
+    def decode_latex(self, ids: Sequence[Sequence[int]]) -> list[str]:
         """:meth:`decode`, then :func:`~pix2tex.normalize.normalize`: the LaTeX that is shown and scored."""
 
         return [normalize(text) for text in self.decode(ids)]

@@ -65,8 +65,9 @@ def eos_early(tmp_path_factory, tokenizer):
     return _export(tmp_path_factory.mktemp("eos"), tokenizer, EOS_BOOST)
 
 
-def _batches(images: list[np.ndarray]) -> list[torch.Tensor]:
-    """Three single images of different sizes and one padded batch of all eight."""
+def _batches(images: list[np.ndarray]) -> list[np.ndarray]:
+    """Three single images of different sizes and one padded batch of all eight (the ONNX engine's
+    input; ``torch.from_numpy`` of each is PyTorch's)."""
     sizes, singles = set(), []
     for im in images:
         if im.shape not in sizes and len(singles) < 3:
@@ -93,38 +94,38 @@ def test_encoder_matches_pytorch(plain, images):
     model, onnx_model, _ = plain
     for x in _batches(images):
         with torch.no_grad():
-            expected = model.encode(x)
+            expected = model.encode(torch.from_numpy(x)).numpy()
         got = onnx_model.encode(x)
         assert got.shape == expected.shape == (x.shape[0], 1 + (x.shape[2] // 16) * (x.shape[3] // 16), CFG.dim)
-        assert torch.allclose(got, expected, atol=1e-4)
+        assert np.allclose(got, expected, atol=1e-4)
 
 
 def test_greedy_tokens_identical_without_eos(plain, images):
     model, onnx_model, _ = plain
     for x in _batches(images):
-        expected = model.generate(x, max_new_tokens=STEPS)
+        expected = model.generate(torch.from_numpy(x), max_new_tokens=STEPS)
         got = onnx_model.generate(x, max_new_tokens=STEPS)
         assert got.ids.shape == (x.shape[0], STEPS)
-        assert torch.equal(got.ids, expected.ids)
-        assert torch.allclose(got.logprob, expected.logprob, atol=1e-4)
+        assert np.array_equal(got.ids, expected.ids.numpy())
+        assert np.allclose(got.logprob, expected.logprob.numpy(), atol=1e-4)
 
 
 def test_greedy_tokens_identical_when_eos_ends_rows_early(eos_early, images):
     model, onnx_model, _ = eos_early
     batch = to_batch(images, CFG.patch_size)
-    expected = model.generate(batch, max_new_tokens=STEPS)
+    expected = model.generate(torch.from_numpy(batch), max_new_tokens=STEPS)
     got = onnx_model.generate(batch, max_new_tokens=STEPS)
-    assert torch.equal(got.ids, expected.ids)
-    ended = (got.ids == EOS_ID).any(dim=1)
+    assert np.array_equal(got.ids, expected.ids.numpy())
+    ended = (got.ids == EOS_ID).any(axis=1)
     assert 0 < int(ended.sum()) < len(images)  # some rows stop early, others run to the limit
     for row in got.ids[ended]:
-        end = int((row == EOS_ID).nonzero()[0])
+        end = int(np.flatnonzero(row == EOS_ID)[0])
         assert end < STEPS - 1 and bool((row[end + 1:] == PAD_ID).all())
     # Alone (padded as in the batch), an image whose sequence ends stops the loop there, in both engines.
-    for k in ended.nonzero()[:, 0].tolist():
+    for k in np.flatnonzero(ended).tolist():
         x = to_batch([images[k]], CFG.patch_size, height=batch.shape[2], width=batch.shape[3])
         single = onnx_model.generate(x, max_new_tokens=STEPS)
-        assert torch.equal(single.ids, model.generate(x, max_new_tokens=STEPS).ids)
+        assert np.array_equal(single.ids, model.generate(torch.from_numpy(x), max_new_tokens=STEPS).ids.numpy())
         assert single.ids.shape[1] < STEPS and int(single.ids[0, -1]) == EOS_ID
 
 
@@ -132,20 +133,26 @@ def test_greedy_tokens_identical_when_eos_ends_rows_early(eos_early, images):
 def test_beam_search_identical(which, request, images):
     model, onnx_model, _ = request.getfixturevalue(which)
     batch = to_batch(images[:4], CFG.patch_size)
-    expected = model.beam_search(batch, beam_size=3, max_new_tokens=STEPS)
+    expected = model.beam_search(torch.from_numpy(batch), beam_size=3, max_new_tokens=STEPS)
     got = onnx_model.beam_search(batch, beam_size=3, max_new_tokens=STEPS)
-    assert torch.equal(got.ids, expected.ids)
-    assert torch.allclose(got.logprob, expected.logprob, atol=1e-4)
+    assert np.array_equal(got.ids, expected.ids.numpy())
+    assert np.allclose(got.logprob, expected.logprob.numpy(), atol=1e-4)
 
 
 def test_engine_rejects_bad_input(plain):
     _, onnx_model, out = plain
-    with pytest.raises(ValueError, match="not a multiple of patch_size"):
-        onnx_model.generate(torch.zeros(1, 1, 40, 64))
-    with pytest.raises(ValueError, match="take no memory mask"):
-        onnx_model.step.start(torch.zeros(2, 5, CFG.dim), torch.ones(2, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="must be multiples of 16"):
+        onnx_model.generate(np.zeros((1, 1, 40, 64), np.float32))
+    with pytest.raises(ValueError, match="must be normalized floats"):
+        onnx_model.generate(np.zeros((1, 1, 32, 64), np.uint8))
+    with pytest.raises(ValueError, match="must be a numpy array"):
+        onnx_model.generate(torch.zeros(1, 1, 32, 64))
+    with pytest.raises(ValueError, match="one new token per row"):
+        onnx_model.step(np.zeros((2, 2), np.int64), onnx_model.step.start(np.zeros((2, 5, CFG.dim), np.float32)))
+    from pix2tex.inference import LatexOCR
+
     with pytest.raises(ValueError, match="CPU only"):
-        load_onnx_folder(out, device="cuda")
+        LatexOCR(out, engine="onnx", device="cuda")
 
 
 def test_export_of_missing_or_broken_model_folder_fails_in_one_line(tmp_path, capsys):
@@ -197,7 +204,7 @@ def test_bundled_model_reads_real_images_the_same_on_both_engines(tmp_path):
     out = export_onnx(None, tmp_path / "onnx")
     paths = [str(SAMPLE / line.split("\t")[0])
              for line in (SAMPLE / "labels.tsv").read_text().splitlines()[:8]]
-    torch_readings = [p.latex for p in LatexOCR(batch_size=1).predict(paths)]
+    torch_readings = [p.latex for p in LatexOCR(batch_size=1, engine="torch").predict(paths)]
     onnx_readings = [p.latex for p in LatexOCR(out, engine="onnx").predict(paths)]
     assert onnx_readings == torch_readings
     assert len({len(r.split()) for r in torch_readings}) > 3
@@ -221,3 +228,20 @@ def test_masked_model_exports_and_reads_like_torch_one_image_at_a_time(tmp_path,
     onnx_ocr = LatexOCR(out, engine="onnx", threads=1, batch_size=4)
     assert onnx_ocr.batch_size == 1
     assert [p.latex for p in onnx_ocr.predict(paths)] == [p.latex for p in torch_ocr.predict(paths)]
+
+
+def test_fixed_length_generation_matches_pytorch(eos_early, images):
+    model, onnx_model, _ = eos_early
+    batch = to_batch(images, CFG.patch_size)
+    expected = model.generate(torch.from_numpy(batch), max_new_tokens=STEPS, stop_at_eos=False)
+    got = onnx_model.generate(batch, max_new_tokens=STEPS, stop_at_eos=False)
+    assert got.ids.shape == (len(images), STEPS)
+    assert np.array_equal(got.ids, expected.ids.numpy()) and (got.ids == EOS_ID).any()  # EOS is just a token
+
+
+def test_the_loop_rule_reads_numpy_and_torch_rows_alike():
+    from pix2tex.decoding_rules import looping
+
+    rows = [[7] * 40, [3, 4] * 20, list(range(40)), [9] * 8 + list(range(32))]
+    assert looping(np.array(rows)).tolist() == looping(torch.tensor(rows)).tolist() == [True, True, False, False]
+    assert looping(np.array([[7] * 10])) is None  # too short for any loop

@@ -319,9 +319,9 @@ def test_finished_rows_leave_the_batch_without_changing_readings(sample_dir):
     from pix2tex.tokenizer import EOS_ID
 
     names = sorted((sample_dir / "images").glob("*.png"))[:8]
-    ocr = LatexOCR()
+    ocr = LatexOCR(engine="torch")
     arrays = [ocr.prepare(p) for p in names]
-    memory, mask = ocr._encode_unpadded(arrays)
+    memory, mask = ocr._reader._encode_unpadded(arrays)
     decoder = ocr.model.decoder
     with torch.inference_mode():
         lean = decoder.generate(memory, memory_mask=mask)

@@ -548,8 +548,9 @@ class Im2LatexDataset:
             width = min(max_size.width, max(math.ceil(max(im.shape[1], min_size.width) / p) * p for im in images))
         labels = [self.samples.labels[i] for i in batch]
         ids, mask = self.tokenizer.encode(labels, max_len=self.max_seq_len)
-        return Batch(to_batch(images, p, height, width), ids, mask, labels, list(batch),
-                     canvas_sizes(images, height, width))
+        return Batch(torch.from_numpy(to_batch(images, p, height, width)), torch.from_numpy(ids),
+                     torch.from_numpy(mask), labels, list(batch),
+                     torch.from_numpy(canvas_sizes(images, height, width)))
 
     # -- tokenizer (seed) ---------------------------------------------------------------------------
     @staticmethod

@@ -17,61 +17,33 @@ Generation never emits PAD or BOS (they are never training targets), and the con
 reports is the mean log-probability, under the model's own distribution (temperature 1, no
 filtering), of the tokens it chose, EOS included.
 
-A decoder that loops (most often on one spacing command, ``\\, \\, \\, …``, until the length limit)
-is stopped: a sequence whose last tokens repeat a block of at most ``LOOP_PERIOD`` tokens at least
-``LOOP_MIN_COPIES`` times over ``LOOP_MIN_TOKENS`` tokens or more ends there, without EOS, and keeps
-one copy of the block (:func:`cut_loop`); so does any sequence that reaches the length limit with
-a repeating tail.  Well-formed LaTeX does not repeat so (a row of nine zero cells, ``{ 0 } &`` x 9,
-is the nearest), and a reading that loops is wrong anyway: cut, it is shorter, closer to the
-truth and cheaper.  The confidence still counts every token chosen, the loop included.
+The rules both this module and the ONNX engine's loops follow (when a looping reading stops, how
+it is cut, the checks of the settings) are in :mod:`pix2tex.decoding_rules`.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 from torch import Tensor
 
+from pix2tex.decoding_rules import (
+    LOOP_MIN_TOKENS,
+    LOOP_WINDOW,
+    check_beam,
+    check_max_new_tokens,
+    check_sampling,
+    cut_loop,
+    looping,
+)
 from pix2tex.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 __all__ = [
     "Generation", "FlatCache", "StepCache", "DecoderStep", "generate", "beam_search", "check_max_new_tokens",
     "top_k_filter", "top_p_filter", "generation_logprobs", "choose_tokens", "cut_loop",
 ]
-
-LOOP_PERIOD = 8  # a loop repeats a block of at most this many tokens…
-LOOP_MIN_COPIES = 8  # …at least this many times…
-LOOP_MIN_TOKENS = 32  # …over at least this many tokens (so a one-token block repeats 32 times)
-LOOP_WINDOW = max(LOOP_MIN_TOKENS, LOOP_MIN_COPIES * LOOP_PERIOD)  # the most tokens a loop test reads
-
-
-def _looping(tokens: Tensor) -> Tensor:
-    """[rows] bool: the rows of ``tokens`` [rows, T] whose last tokens are a loop (see the module doc)."""
-    looping = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
-    for period in range(1, LOOP_PERIOD + 1):
-        window = max(LOOP_MIN_TOKENS, LOOP_MIN_COPIES * period)
-        if window > tokens.shape[1]:
-            break  # the window only grows with the period
-        tail = tokens[:, -window:]
-        looping |= (tail[:, period:] == tail[:, :-period]).all(dim=1)
-    return looping
-
-
-def cut_loop(ids: list[int], min_copies: int = 4) -> list[int]:
-    """``ids`` with a repeating tail (a block of at most LOOP_PERIOD tokens, ``min_copies`` times or
-    more) cut to one copy of the block; unchanged without one.  The longest such tail is cut."""
-    keep = len(ids)
-    for period in range(1, LOOP_PERIOD + 1):
-        start = len(ids) - period  # walk back while the token a period later is the same
-        while start > 0 and ids[start - 1] == ids[start - 1 + period]:
-            start -= 1
-        if start >= 0 and len(ids) - start >= min_copies * period:
-            keep = min(keep, start + period)
-    return ids[:keep]
-
 
 @dataclass
 class Generation:
@@ -172,26 +144,6 @@ def choose_tokens(logprobs: Tensor, *, temperature: float, top_k: int | None, to
     return torch.multinomial(scores.softmax(dim=-1), 1, generator=generator).squeeze(-1)
 
 
-def check_max_new_tokens(max_new_tokens: int | None, max_seq_len: int) -> int:
-    """The number of tokens to decode at most: ``max_new_tokens`` checked, or all that fit after BOS."""
-    limit = max_seq_len - 1  # BOS takes the first position
-    if max_new_tokens is None:
-        return limit
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or not 0 < max_new_tokens <= limit:
-        raise ValueError(
-            f"max_new_tokens must be an integer in 1..{limit} (max_seq_len - 1), got {max_new_tokens!r}")
-    return max_new_tokens
-
-
-def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if not (temperature >= 0.0 and math.isfinite(temperature)):
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0):
-        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
-
-
 # -- the two decoding loops ---------------------------------------------------------------------
 
 @torch.no_grad()
@@ -206,7 +158,7 @@ def generate(step: DecoderStep, memory: Tensor, *, steps: int, memory_mask: Tens
     what its sequences need, not its longest one times its size; sampling keeps every row, so a
     seeded generator draws the same numbers whatever the batch does.
     """
-    _check_sampling(temperature, top_k, top_p)
+    check_sampling(temperature, top_k, top_p)
     batch, device = memory.shape[0], memory.device
     out = torch.full((batch, steps), PAD_ID, dtype=torch.long, device=device)
     logprob_sum = torch.zeros(batch, device=device)
@@ -229,7 +181,7 @@ def generate(step: DecoderStep, memory: Tensor, *, steps: int, memory_mask: Tens
         if stop_at_eos:
             ended = ended | (nxt == EOS_ID)
             if width >= LOOP_MIN_TOKENS:
-                ended = ended | _looping(out[rows, max(0, width - LOOP_WINDOW) : width])
+                ended = ended | looping(out[rows, max(0, width - LOOP_WINDOW) : width])
             if bool(ended.all()):
                 break
             if shrink and bool(ended.any()):
@@ -268,10 +220,7 @@ def beam_search(step: DecoderStep, memory: Tensor, *, beam_size: int, steps: int
     one is returned, with its mean token log-probability as ``logprob``.  ``beam_size=1`` is
     greedy decoding.
     """
-    if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size <= 0:
-        raise ValueError(f"beam_size must be a positive integer, got {beam_size!r}")
-    if not (length_penalty >= 0.0 and math.isfinite(length_penalty)):
-        raise ValueError(f"length_penalty must be a finite number >= 0, got {length_penalty}")
+    check_beam(beam_size, length_penalty)
     batch, k, vocab, device = memory.shape[0], beam_size, step.num_tokens, memory.device
     memory = memory.repeat_interleave(k, dim=0)  # row b*k + j is beam j of image b
     if memory_mask is not None:
