@@ -249,7 +249,7 @@ def test_requirements_txt_matches_pyproject():
     import tomllib
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    wanted = set(project["dependencies"]) | set(project["optional-dependencies"]["onnx"])
+    wanted = set(project["dependencies"]) | set(project["optional-dependencies"]["train"])
     lines = [line for line in (REPO / "requirements.txt").read_text().splitlines() if line and not line.startswith("#")]
     assert set(lines) == wanted
 

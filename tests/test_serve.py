@@ -52,7 +52,7 @@ def test_health_names_model_engine_and_version(server):
 
     health = server.health()
     assert (health["status"], health["model"], health["engine"], health["version"]) == \
-        ("ok", "bundled", "torch", pix2tex.__version__)
+        ("ok", "bundled", "onnx", pix2tex.__version__)
     bundled = LatexOCR()  # the bundled folder's meta.json
     assert (health["glyph_scale"], health["glyph_estimator"]) == (bundled.glyph_scale, bundled.glyph_estimator)
 
