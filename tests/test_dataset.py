@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from pix2tex.config import ConfigError
 from pix2tex.dataset.dataset import (
@@ -147,14 +148,15 @@ def test_bad_inputs_are_left_out_and_labels_stay_aligned(tmp_path, capsys):
     (images / "text.png").write_text("this is not an image")
     good = (images / Path(lines[0].split("\t")[0])).read_bytes()
     (images / "truncated.png").write_bytes(good[: len(good) // 2])
+    Image.new("L", (80, 24), 255).save(images / "blank.png")  # what \phantom{x} typesets to
     lines += ["zero.png\tx", "text.png\ty", "truncated.png\tz", "missing.png\tw",
-              f"{lines[1].split(chr(9))[0]}\t   ", "../../etc/passwd\tv"]
+              f"{lines[1].split(chr(9))[0]}\t   ", "../../etc/passwd\tv", "blank.png\tu"]
     labels = tmp_path / "labels.tsv"
     labels.write_text("\n".join(lines) + "\n")
     ds = Im2LatexDataset(labels, images)
     assert len(ds) == 4
     assert ds.skipped == {"empty file": 1, "not an image": 1, "missing image": 1, "empty label": 1,
-                          "image path outside the image folder": 1,
+                          "image path outside the image folder": 1, "blank image": 1,
                           **{k: 1 for k in ds.skipped if k.startswith("unreadable")}}
     assert any(k.startswith("unreadable image") for k in ds.skipped)
     for i in range(4):  # every kept image still carries its own label

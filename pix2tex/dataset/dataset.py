@@ -43,6 +43,7 @@ from pix2tex.normalize import normalize
 from pix2tex.preprocess import (
     DEFAULT_GLYPH_HEIGHT,
     GLYPH_ESTIMATORS,
+    BlankImageError,
     ImageLoadError,
     canvas_sizes,
     check_glyph_estimator,
@@ -170,7 +171,10 @@ def _inspect_image(path: Path, glyph_estimator: str = "soft") -> tuple[int, int,
     except ImageLoadError as exc:
         reason = str(exc).removeprefix(f"{printable_name(str(path))}: ")
         return "not an image" if reason.startswith("not an image") else f"unreadable image ({reason})"
-    content = crop_to_content(gray)
+    try:
+        content = crop_to_content(gray)
+    except BlankImageError:  # a formula that typesets to nothing visible (\phantom, spaces alone)
+        return "blank image"
     return content.shape[0], content.shape[1], estimate_glyph_height(content, glyph_estimator)
 
 
