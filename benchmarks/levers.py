@@ -9,19 +9,23 @@ Every candidate is a set of ``--set`` overrides of ``pix2tex/model/settings/cont
 bundled weights, a fresh optimizer, the learning rate warmed back up, one long cosine), so the
 winner simply trains on with ``--resume``.  All candidates train at once, one thread each and no
 DataLoader worker, until their own process has used ``--budget`` CPU minutes
-(``max_cpu_minutes``): CPU seconds, not wall time, are what they share fairly.  Each validates on
-200 im2latex renders every 200 steps (its metrics.jsonl).
+(``max_cpu_minutes``): CPU seconds, not wall time, are what they share fairly.  Each validates
+every 200 steps (its metrics.jsonl) on 200 of the held-out real im2latex_val_real images
+(``DATA/real/heldout.pkl``): the first race found that validation on renders did not tell the
+candidates apart where real images did.
 
 ``--score`` reads each candidate's ``last/`` (and the bundled model, as ``bundled``) greedily on
 all of ``../shared/data/images/im2latex_sample`` and on the held-out im2latex_val_real images
 (``DATA/real/heldout.tsv``, whose formulas no candidate trained on); the validation renders are
-scored by training itself (the ``val_*`` lines of each run's metrics.jsonl).  Predictions go to
+scored by training itself (the ``val_*`` lines of each run's metrics.jsonl, before the second
+race; ``DATA/valid_im2latex_val.pkl``).  Predictions go to
 ``RACE/scores/NAME.SET.tsv`` and one JSON line per (candidate, set) to
 ``RACE/scores.jsonl``, with the bootstrap BLEU gain over the bundled model (benchmarks.compare).
 
 DATA is the folder the standing run's datasets are in: ``train.pkl`` (the six rendered corpora),
 ``train_papers.pkl`` (the same plus ``real/train.pkl``, the im2latex_val_real images of the
-training split), ``valid_im2latex_val.pkl`` and ``real/heldout.tsv`` (docs/TRAINING.md).
+training split), ``valid_im2latex_val.pkl`` and ``real/heldout.tsv`` and ``.pkl``
+(``python -m benchmarks.standing_data``).
 """
 
 from __future__ import annotations
@@ -61,7 +65,7 @@ CANDIDATES: dict[str, dict] = {
 
 def _settings(name: str, data: Path, out: Path, budget: float | None) -> dict:
     overrides = {k: v.format(data=data) if isinstance(v, str) else v for k, v in CANDIDATES[name].items()}
-    return {"data": f"{data}/train.pkl", "valdata": f"{data}/valid_im2latex_val.pkl", "model_path": str(out),
+    return {"data": f"{data}/train.pkl", "valdata": f"{data}/real/heldout.pkl", "model_path": str(out),
             "name": name, "sample_freq": 200, "num_workers": 0, "max_cpu_minutes": budget, **overrides}
 
 

@@ -12,7 +12,8 @@ the "stroke" glyph estimator, so that training goes on from the bundled weights
   (``train_<corpus>.pkl`` are kept too); ``valid_im2latex_val.pkl``: the im2latex validation renders;
 - ``real/train.pkl`` and ``real/heldout.tsv``: the real im2latex_val_real images whose formulas fall
   in the training split, and those in the validation or test split (never trained on: a real-image
-  check beside im2latex_sample);
+  check beside im2latex_sample); ``real/heldout.pkl``: the held-out ones as a dataset, what the
+  race validates on (``valdata``: real images tell candidates apart where renders do not);
 - ``train_papers.pkl``: ``train.pkl`` and ``real/train.pkl`` joined.
 
 On this 2-core machine it takes about 20 minutes (rendering ~15, building ~5).
@@ -84,15 +85,16 @@ def main(argv: list[str] | None = None) -> int:
         _dataset(out, out / f"{split}_{name}.tsv", out / f"{split}_{name}.pkl")
         return out / f"{split}_{name}.pkl"
 
-    real_train, _ = split_real(out)
+    real_train, real_heldout = split_real(out)
     with ThreadPoolExecutor(args.workers) as pool:
         parts = list(pool.map(lambda n: build("train", n), CORPORA))
         pool.submit(build, "valid", "im2latex_val").result()
         pool.submit(_dataset, SHARED / "images", real_train, out / "real" / "train.pkl").result()
+        pool.submit(_dataset, SHARED / "images" / REAL, real_heldout, out / "real" / "heldout.pkl").result()
     _run("pix2tex.dataset.dataset", "--combine", *map(str, parts), "-o", str(out / "train.pkl"))
     _run("pix2tex.dataset.dataset", "--combine", str(out / "train.pkl"), str(out / "real" / "train.pkl"),
          "-o", str(out / "train_papers.pkl"))
-    print(f"done: {out}/train.pkl, train_papers.pkl, valid_im2latex_val.pkl, real/heldout.tsv")
+    print(f"done: {out}/train.pkl, train_papers.pkl, valid_im2latex_val.pkl, real/heldout.tsv and .pkl")
     return 0
 
 
