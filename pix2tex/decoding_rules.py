@@ -21,7 +21,7 @@ from typing import Any
 
 __all__ = [
     "LOOP_PERIOD", "LOOP_MIN_COPIES", "LOOP_MIN_TOKENS", "LOOP_WINDOW", "looping", "cut_loop",
-    "check_max_new_tokens", "check_sampling", "check_beam",
+    "check_max_new_tokens", "check_sampling", "check_beam", "Hypotheses", "add_finished", "mark_done",
 ]
 
 LOOP_PERIOD = 8  # a loop repeats a block of at most this many tokens…
@@ -84,3 +84,23 @@ def check_beam(beam_size: int, length_penalty: float) -> None:
         raise ValueError(f"beam_size must be a positive integer, got {beam_size!r}")
     if not (length_penalty >= 0.0 and math.isfinite(length_penalty)):
         raise ValueError(f"length_penalty must be a finite number >= 0, got {length_penalty}")
+
+
+# -- beam search's bookkeeping (plain Python, the same for both engines) ---------------------------
+
+Hypotheses = list[list[tuple[float, float, list[int]]]]  # per image: (score, logprob sum, ids)
+
+
+def add_finished(finished: Hypotheses, b: int, total: float, norm: float, ids: list[int], k: int) -> None:
+    """Record a hypothesis of image ``b`` that ended (score ``total / norm``), keeping its k best."""
+    finished[b].append((total / norm, total, ids))
+    finished[b] = sorted(finished[b], key=lambda h: h[0], reverse=True)[:k]
+
+
+def mark_done(finished: Hypotheses, done: list[bool], best_open: list[float], k: int) -> None:
+    """An image is done when no open hypothesis (scored at its current length) beats its k finished ones."""
+    for b, hyps in enumerate(finished):
+        if done[b] or not hyps:
+            continue
+        no_open = best_open[b] == float("-inf")
+        done[b] = no_open or (len(hyps) >= k and hyps[-1][0] >= best_open[b])

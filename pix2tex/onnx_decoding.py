@@ -18,7 +18,16 @@ from typing import Protocol
 
 import numpy as np
 
-from pix2tex.decoding_rules import LOOP_MIN_TOKENS, LOOP_WINDOW, check_beam, cut_loop, looping
+from pix2tex.decoding_rules import (
+    LOOP_MIN_TOKENS,
+    LOOP_WINDOW,
+    Hypotheses,
+    add_finished,
+    check_beam,
+    cut_loop,
+    looping,
+    mark_done,
+)
 from pix2tex.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 __all__ = ["Generation", "ArrayCache", "ArrayStep", "generation_logprobs", "generate", "beam_search"]
@@ -114,9 +123,6 @@ def generate(step: ArrayStep, memory: np.ndarray, *, steps: int, stop_at_eos: bo
     return Generation(ids=out, logprob=logprob_sum / length)
 
 
-Hypotheses = list[list[tuple[float, float, list[int]]]]  # per image: (score, logprob sum, ids)
-
-
 def _top(values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``n`` largest values of each row, largest first, and their column indices."""
     index = np.argsort(-values, axis=1, kind="stable")[:, :n]
@@ -147,7 +153,7 @@ def beam_search(step: ArrayStep, memory: np.ndarray, *, beam_size: int, steps: i
         _finish_eos(finished, done, tokens, cand_sum[:, :k], cand_beam[:, :k], cand_token[:, :k],
                     length ** length_penalty, k)
         live_sum, pick = _top(np.where(cand_token == EOS_ID, -np.inf, cand_sum).astype(np.float32), k)
-        _mark_done(finished, done, (live_sum[:, 0] / length ** length_penalty).tolist(), k)
+        mark_done(finished, done, (live_sum[:, 0] / length ** length_penalty).tolist(), k)
         if all(done):
             break
         parent = (row_base + np.take_along_axis(cand_beam, pick, axis=1)).reshape(-1)
@@ -175,17 +181,7 @@ def _finish_eos(finished: Hypotheses, done: list[bool], tokens: np.ndarray, top_
         if done[b] or total == -np.inf:
             continue
         ids = tokens[b * k + int(top_beam[b, j]), 1:].tolist() + [EOS_ID]
-        finished[b].append((total / norm, total, ids))
-        finished[b] = sorted(finished[b], key=lambda h: h[0], reverse=True)[:k]
-
-
-def _mark_done(finished: Hypotheses, done: list[bool], best_open: list[float], k: int) -> None:
-    """An image is done when no open hypothesis (scored at its current length) beats its k finished ones."""
-    for b, hyps in enumerate(finished):
-        if done[b] or not hyps:
-            continue
-        no_open = best_open[b] == -np.inf
-        done[b] = no_open or (len(hyps) >= k and hyps[-1][0] >= best_open[b])
+        add_finished(finished, b, total, norm, ids, k)
 
 
 def _best_hypotheses(finished: Hypotheses) -> Generation:

@@ -32,11 +32,14 @@ from torch import Tensor
 from pix2tex.decoding_rules import (
     LOOP_MIN_TOKENS,
     LOOP_WINDOW,
+    Hypotheses,
+    add_finished,
     check_beam,
     check_max_new_tokens,
     check_sampling,
     cut_loop,
     looping,
+    mark_done,
 )
 from pix2tex.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
@@ -203,9 +206,6 @@ def _cut_loops(ids: Tensor, rows: Tensor) -> None:
         ids[b, len(cut_loop(seq)):] = PAD_ID
 
 
-Hypotheses = list[list[tuple[float, float, list[int]]]]  # per image: (score, logprob sum, ids)
-
-
 @torch.no_grad()
 def beam_search(step: DecoderStep, memory: Tensor, *, beam_size: int, steps: int, memory_mask: Tensor | None = None,
                 length_penalty: float = 1.0) -> Generation:
@@ -242,7 +242,7 @@ def beam_search(step: DecoderStep, memory: Tensor, *, beam_size: int, steps: int
         _finish_eos(finished, done, tokens, cand_sum[:, :k], cand_beam[:, :k], cand_token[:, :k],
                     length ** length_penalty, k)
         live_sum, pick = cand_sum.masked_fill(cand_token == EOS_ID, float("-inf")).topk(k, dim=1)
-        _mark_done(finished, done, (live_sum[:, 0] / length ** length_penalty).tolist(), k)
+        mark_done(finished, done, (live_sum[:, 0] / length ** length_penalty).tolist(), k)
         if all(done):
             break
         parent = (row_base + cand_beam.gather(1, pick)).view(-1)
@@ -272,17 +272,7 @@ def _finish_eos(finished: Hypotheses, done: list[bool], tokens: Tensor, top_sum:
         if done[b] or total == float("-inf"):
             continue
         ids = tokens[b * k + int(top_beam[b, j]), 1:].tolist() + [EOS_ID]
-        finished[b].append((total / norm, total, ids))
-        finished[b] = sorted(finished[b], key=lambda h: h[0], reverse=True)[:k]
-
-
-def _mark_done(finished: Hypotheses, done: list[bool], best_open: list[float], k: int) -> None:
-    """An image is done when no open hypothesis (scored at its current length) beats its k finished ones."""
-    for b, hyps in enumerate(finished):
-        if done[b] or not hyps:
-            continue
-        no_open = best_open[b] == float("-inf")
-        done[b] = no_open or (len(hyps) >= k and hyps[-1][0] >= best_open[b])
+        add_finished(finished, b, total, norm, ids, k)
 
 
 def _best_hypotheses(finished: Hypotheses, device: torch.device) -> Generation:
