@@ -439,7 +439,11 @@ def _mass_band_mean(values: np.ndarray, weights: np.ndarray, lo: float, hi: floa
     With lo = hi = 0.5 this is the weighted median; a band smooths over the jump between two
     glyph classes (x-height letters vs. full-height ones) that a bare median can make.
     """
-    order = np.argsort(values)
+    # Stable: equal values (integer heights less one stroke width tie often) keep their component
+    # order, so which of them straddles the band is fixed.  NumPy's default argsort is not stable
+    # and dispatches to SIMD kernels by CPU, so its order of ties is not the same everywhere (the
+    # page's reader, pix2tex/web/reader/preprocess.js, sorts stably too).
+    order = np.argsort(values, kind="stable")
     v, w = values[order], weights[order]
     quantile = (np.cumsum(w) - 0.5 * w) / w.sum()
     band = (quantile >= lo) & (quantile <= hi)
