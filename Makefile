@@ -1,4 +1,4 @@
-# make install | lint | test | test-fast | demo [IMG=path.png] | serve | bench
+# make install | web | lint | test | test-fast | demo [IMG=path.png] | serve | bench
 # A fresh machine needs only python3 (with venv) and apt-get: everything else is installed here.
 PYTHON ?= python3
 VENV := .venv
@@ -7,10 +7,11 @@ TEX_PACKAGES := texlive-latex-base texlive-latex-recommended texlive-fonts-recom
 TEX_FILES := amsmath.sty amssymb.sty lmodern.sty mathptmx.sty mathpazo.sty txfonts.sty pxfonts.sty
 
 BROWSER_PACKAGES := chromium chromium-driver
+NODE_PACKAGES := nodejs npm
 
-.PHONY: install tex browser lint test test-fast demo serve bench clean
+.PHONY: install tex browser web lint test test-fast demo serve bench clean
 
-install: tex browser $(VENV)/.installed
+install: tex browser web $(VENV)/.installed
 
 # TeX Live from Debian's packages, installed only when something is missing; bubblewrap is the
 # sandbox every TeX and dvipng run happens in.
@@ -35,6 +36,21 @@ browser:
 	        echo "Chromium is missing; run: sudo apt-get install -y --no-install-recommends $(BROWSER_PACKAGES)" >&2; exit 1; \
 	    fi; \
 	fi
+
+# onnxruntime-web for the in-browser reader (`pix2tex export --web`): npm's registry, pinned by
+# package-lock.json; Node.js from Debian where the machine has none.  The page never loads a CDN.
+web: node_modules/.installed
+
+node_modules/.installed: package.json package-lock.json
+	@if ! command -v npm >/dev/null 2>&1; then \
+	    if [ "$$(id -u)" = 0 ]; then \
+	        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(NODE_PACKAGES); \
+	    else \
+	        echo "Node.js is missing; run: sudo apt-get install -y --no-install-recommends $(NODE_PACKAGES)" >&2; exit 1; \
+	    fi; \
+	fi
+	npm ci --no-audit --no-fund --ignore-scripts
+	touch $@
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -66,4 +82,4 @@ bench: install
 	$(BIN)/python -m benchmarks.inference --tokens 128 --batch 8 --json
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build *.egg-info node_modules

@@ -328,19 +328,36 @@ def export_onnx(model_folder: str | os.PathLike | None, out_dir: str | os.PathLi
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pix2tex export",
-                                     description="Export a model folder to ONNX for `pix2tex predict --engine onnx`.")
-    parser.add_argument("--onnx", required=True, metavar="DIR",
-                        help="output folder (replaced if it holds an earlier export)")
+    parser = argparse.ArgumentParser(
+        prog="pix2tex export",
+        description="Export a model folder to ONNX for `pix2tex predict --engine onnx`, or as a web page "
+                    "that reads formulas in the browser.")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--onnx", metavar="DIR", help="output folder (replaced if it holds an earlier export)")
+    target.add_argument("--web", metavar="DIR",
+                        help="a static site that reads images in the browser (replaced if it holds an earlier "
+                             "web export); serve it with `python -m http.server -d DIR`")
     parser.add_argument("--checkpoint", metavar="MODEL", help="model folder (default: the bundled model)")
     parser.add_argument("--fp16", action="store_true",
                         help="store the weights as float16 (half the size; the arithmetic stays float32)")
+    parser.add_argument("--ort-web", metavar="DIR",
+                        help="with --web: onnxruntime-web's dist folder (default: node_modules from `make web`)")
     args = parser.parse_args(argv)
+    if args.ort_web and not args.web:
+        parser.error("--ort-web goes with --web")
     try:
-        out = export_onnx(args.checkpoint, args.onnx, fp16=args.fp16)
+        if args.web:
+            from pix2tex.web_export import export_web
+
+            out = export_web(args.checkpoint, args.web, ort_dir=args.ort_web, fp16=args.fp16)
+        else:
+            out = export_onnx(args.checkpoint, args.onnx, fp16=args.fp16)
     except (ValueError, OSError, ImportError) as exc:  # ExportError and CheckpointError are ValueErrors
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.web:
+        print(f"exported the in-browser reader to {out} (serve it with `python -m http.server -d {out}`)")
+        return 0
     diffs = json.loads((out / MANIFEST).read_text(encoding="utf-8"))["max_abs_diff"]
     print(f"exported {out} (max |onnxruntime - PyTorch|: " + ", ".join(f"{k} {v:.2g}" for k, v in diffs.items()) + ")")
     return 0

@@ -11,6 +11,9 @@ Endpoints (described at ``/openapi.json``, browsable at ``/docs`` with assets se
 - ``POST /v1/render``: ``{"latex": …}`` → PNG, through the sandboxed TeX renderer.
 - ``GET /health``: model, engine, version, the glyph scale it reads at and the batcher's counters.
 - ``GET /``: the web page (pix2tex/web).
+- ``GET /local/``: with ``--web``, the in-browser reader (``pix2tex export --web``): the same
+  reading done by onnxruntime-web in the visitor's browser, the image never uploaded.  Served
+  cross-origin isolated (COOP/COEP), so the page may run wasm on several threads.
 
 Requests are read on the event loop; decoding runs in one worker thread, where images from
 requests that arrive close together are decoded as one batch (:class:`Batcher`).  The model
@@ -25,6 +28,7 @@ import functools
 import io
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +55,7 @@ from pix2tex.render import RenderError, render_images
 __all__ = ["ServeSettings", "Batcher", "QueueFull", "create_app", "main"]
 
 WEB_DIR = Path(__file__).parent / "web"
+LOCAL_PATH = "/local"  # where --web mounts the in-browser reader
 LATEX_MAX_CHARS = 4000  # a /v1/render request with a longer formula is refused (413)
 
 
@@ -185,6 +190,24 @@ class Batcher:
 
 class BodyTooLarge(Exception):
     pass
+
+
+class CrossOriginIsolated:
+    """ASGI wrapper: every response carries COOP and COEP, which make the page cross-origin
+    isolated; only such a page gets SharedArrayBuffer, which onnxruntime-web's wasm threads need."""
+
+    HEADERS = ((b"cross-origin-opener-policy", b"same-origin"), (b"cross-origin-embedder-policy", b"require-corp"))
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        async def send_isolated(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *self.HEADERS]}
+            await send(message)
+
+        await self.app(scope, receive, send_isolated)
 
 
 class BodyLimit:
@@ -322,6 +345,7 @@ class _Server:
     settings: ServeSettings
     model_name: str
     engine: str
+    web: bool = False  # the in-browser reader is mounted at LOCAL_PATH
     batcher: Batcher = field(init=False)
     prepare_pool: ThreadPoolExecutor = field(init=False)
     render_pool: ThreadPoolExecutor = field(init=False)
@@ -467,6 +491,7 @@ async def health(server: Server) -> dict[str, Any]:
     return {"status": "ok", "model": server.model_name, "engine": server.engine, "version": pix2tex.__version__,
             "device": str(ocr.device), "glyph_scale": ocr.glyph_scale,
             "glyph_estimator": ocr.glyph_estimator, "pending": server.images_in_flight,
+            "web": f"{LOCAL_PATH}/" if server.web else None,
             "batches": {"requests": s.requests, "images": s.images, "batches": s.batches,
                         "largest": s.largest_batch, "max_batch": server.settings.max_batch,
                         "max_wait_ms": server.settings.max_wait_ms}}
@@ -478,9 +503,10 @@ async def page() -> FileResponse:
 
 
 def create_app(ocr, settings: ServeSettings = ServeSettings(), *, model_name: str = "bundled",
-               engine: str = "torch") -> FastAPIOffline:
-    """The FastAPI application around a loaded :class:`~pix2tex.inference.LatexOCR`."""
-    server = _Server(ocr, settings, model_name, engine)
+               engine: str = "torch", web_dir: str | os.PathLike | None = None) -> FastAPIOffline:
+    """The FastAPI application around a loaded :class:`~pix2tex.inference.LatexOCR`; with
+    ``web_dir`` (a ``pix2tex export --web`` folder), the in-browser reader at ``/local/`` too."""
+    server = _Server(ocr, settings, model_name, engine, web=web_dir is not None)
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -496,6 +522,8 @@ def create_app(ocr, settings: ServeSettings = ServeSettings(), *, model_name: st
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
+    if web_dir is not None:
+        app.mount(LOCAL_PATH, CrossOriginIsolated(StaticFiles(directory=web_dir, html=True)), name="local")
     return app
 
 
@@ -520,6 +548,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--prepare-workers", type=int, default=d.prepare_workers,
                    help="images decoded and prepared at once (bounds the memory uploads take)")
     p.add_argument("--threads", type=int, help="CPU threads for the model")
+    p.add_argument("--web", nargs="?", const="", metavar="DIR",
+                   help="also offer the in-browser reader at /local/: a `pix2tex export --web` folder, or with "
+                        "no DIR one exported for the served model at start (needs onnxruntime-web: make web)")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     return p.parse_args(argv)
 
@@ -538,6 +569,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError:
         print("error: the server needs its extra: pip install 'pix2tex[serve]'", file=sys.stderr)
         return 2
+    with tempfile.TemporaryDirectory(prefix="pix2tex-web-") as tmp:
+        try:
+            web_dir = _web_folder(args.web, args.checkpoint, Path(tmp))  # first: a wrong folder fails fast
+        except ValueError as exc:  # WebExportError, CheckpointError and ExportError are ValueErrors
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return _serve(args, settings, web_dir, uvicorn)
+
+
+def _serve(args: argparse.Namespace, settings: ServeSettings, web_dir: Path | None, uvicorn) -> int:
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "8")  # see cli.predict_main
     from pix2tex.inference import LatexOCR
 
@@ -551,10 +592,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         import torch  # only the torch engine has it; onnxruntime got the threads above
 
         torch.set_num_threads(args.threads)
-    app = create_app(ocr, settings, model_name=args.checkpoint or "bundled", engine=ocr.engine)
-    print(f"pix2tex serve: http://{args.host}:{args.port}/ (API docs at /docs)", file=sys.stderr, flush=True)
+    app = create_app(ocr, settings, model_name=args.checkpoint or "bundled", engine=ocr.engine, web_dir=web_dir)
+    local = f", in-browser reading at {LOCAL_PATH}/" if web_dir is not None else ""
+    print(f"pix2tex serve: http://{args.host}:{args.port}/ (API docs at /docs{local})", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
+
+
+def _web_folder(web: str | None, checkpoint: str | None, tmp: Path) -> Path | None:
+    """The in-browser reader to mount: none (no --web), the export ``web`` names, or one
+    exported for ``checkpoint`` into ``tmp`` (--web alone)."""
+    if web is None:
+        return None
+    from pix2tex.web_export import check_web_export, export_web
+
+    return check_web_export(web) if web else export_web(checkpoint, tmp / "web")
 
 
 if __name__ == "__main__":

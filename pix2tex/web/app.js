@@ -134,3 +134,8 @@ document.addEventListener("drop", (event) => {
   event.preventDefault();
   if (event.target !== drop && !drop.contains(event.target)) readImage(event.dataTransfer.files[0]);
 });
+
+// With `pix2tex serve --web`, the same reading runs in the browser at /local/: offer it.
+fetch("/health").then((response) => (response.ok ? response.json() : null)).then((health) => {
+  if (health && health.web) $("local").hidden = false;
+}, () => {});
