@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="cold starts per install")
     parser.add_argument("--json", action="store_true", help="JSON lines only")
     args = parser.parse_args(argv)
+    args.light_venv = args.light_venv.resolve()  # the children run in the temp folder
     if min(args.images, args.timing_images, args.repeats) <= 0 or args.timing_images > args.images:
         print("error: --images, --timing-images and --repeats must be positive, timing-images <= images",
               file=sys.stderr)
