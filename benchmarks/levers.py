@@ -119,6 +119,8 @@ def score(data: Path, out: Path, models: dict[str, Path], glyph_scale: float | N
 
 
 def plot(out: Path, png: Path) -> None:
+    """Validation BLEU (the weight average solid, the raw weights dashed) and the training loss of
+    each candidate against its CPU minutes."""
     from benchmarks.plotting import figure, save
 
     fig, axes = figure(2, 10)
@@ -129,17 +131,18 @@ def plot(out: Path, png: Path) -> None:
         rows = [json.loads(line) for line in metrics.read_text().splitlines()]
         train = [r for r in rows if "loss" in r and "cpu_s" in r]
         val = [r for r in rows if "val_bleu" in r]
-        cpu_at = {r["step"]: r["cpu_s"] / 60 for r in train}  # validation steps are logged steps too
-        val = [r for r in val if r["step"] in cpu_at]
-        axes[0].plot([cpu_at[r["step"]] for r in val], [r["val_bleu"] for r in val], marker="o", label=name)
+        # a validation's CPU time: that of the last logged step at or before it (the budget's end
+        # is validated at a step that is not logged)
+        cpu_at = [max((t["cpu_s"] for t in train if t["step"] <= r["step"]), default=0.0) / 60 for r in val]
+        line, = axes[0].plot(cpu_at, [r["val_bleu"] for r in val], marker="o", label=name)
+        if any("raw_val_bleu" in r for r in val):
+            axes[0].plot(cpu_at, [r.get("raw_val_bleu") for r in val], marker=".", linestyle="--",
+                         color=line.get_color())
         window = 8  # logged points (200 steps at log_every 25): one batch's loss swings with its formulas
         windows = [train[max(0, k - window + 1): k + 1] for k in range(len(train))]
         smooth = [sum(r["loss"] for r in w) / len(w) for w in windows]
         axes[1].plot([r["cpu_s"] / 60 for r in train], smooth, label=name)
-    bundled = json.loads((BUNDLED / "meta.json").read_text()).get("val", {}).get("bleu")
-    if bundled is not None:
-        axes[0].axhline(bundled, color="gray", linestyle="--", label="bundled model")
-    save(fig, axes, ("BLEU, 200 im2latex validation renders (weight average)",
+    save(fig, axes, ("validation BLEU (solid: weight average; dashed: raw weights)",
                      "training loss (mean of the last 8 logged steps)"), "CPU minutes of training", png)
 
 
