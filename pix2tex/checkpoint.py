@@ -20,10 +20,8 @@ import argparse
 import dataclasses
 import json
 import os
-import shutil
 import stat
 import sys
-import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,7 +33,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from pix2tex.config import ConfigError, ModelConfig, check_glyph_scale
-from pix2tex.fileio import atomic_path, replace_folder
+from pix2tex.fileio import atomic_folder, atomic_path
 from pix2tex.model_folder import (  # re-exported: the names this module has always offered
     CONFIG,
     META,
@@ -69,11 +67,7 @@ def save_model_folder(folder: str | os.PathLike, model: torch.nn.Module, config:
     halves the size of the bundled model; loading casts them back to float32.  ``extra`` writes
     more files into the folder before it replaces the old one (the bundled model's ONNX graphs).
     """
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is meant to be shared and shipped
-    try:
+    with atomic_folder(folder) as tmp:
         state = {}
         for k, v in model.state_dict().items():
             v = v.detach().cpu()
@@ -86,10 +80,6 @@ def save_model_folder(folder: str | os.PathLike, model: torch.nn.Module, config:
         (tmp / META).write_text(json.dumps(meta or {}, indent=1, sort_keys=True), encoding="utf-8")
         if extra is not None:
             extra(tmp)
-        replace_folder(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def load_model_folder(path: str | os.PathLike | None = None, device: str | torch.device = "cpu"):

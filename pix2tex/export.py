@@ -31,7 +31,6 @@ import argparse
 import inspect
 import json
 import os
-import secrets
 import shutil
 import sys
 import warnings
@@ -44,7 +43,7 @@ from torch import Tensor, nn
 
 from pix2tex.checkpoint import CONFIG, META, TOKENIZER, load_model_folder, resolve_model_folder
 from pix2tex.config import ModelConfig
-from pix2tex.fileio import replace_folder
+from pix2tex.fileio import atomic_folder
 from pix2tex.models.decoding import FlatCache
 from pix2tex.models.model import Model
 from pix2tex.models.steps import LeanCrossGraph, LeanStep, LeanStepGraph
@@ -301,18 +300,11 @@ def export_model(model: Model, source: Path, out_dir: str | os.PathLike, *, fp16
     """Export ``model`` to ``out_dir``, copying config, tokenizer and meta from its model folder ``source``."""
     out = Path(out_dir)
     _check_target(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    tmp.mkdir()  # not mkdtemp: the folder should get the usual permissions (umask), not 0700
-    try:
+    with atomic_folder(out) as tmp:
         write_onnx_files(model, tmp, source, fp16=fp16)
         for name in (CONFIG, TOKENIZER, META):
             if (source / name).is_file():
                 shutil.copyfile(source / name, tmp / name)
-        replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

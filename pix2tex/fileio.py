@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "replace_folder", "read_limited",
+__all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "atomic_folder", "replace_folder", "read_limited",
            "FileReadError", "MissingFileError", "printable_name"]
 
 
@@ -92,6 +92,23 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty folder beside ``folder`` to fill; when the block ends, swap it in as
+    ``folder`` (:func:`replace_folder`), or remove it if the block raised: ``folder`` is only ever
+    the old one or the complete new one."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    tmp.chmod(0o755)  # mkdtemp makes it private; model folders and exports are meant to be shared and shipped
+    try:
+        yield tmp
+        replace_folder(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def replace_folder(tmp: str | os.PathLike, folder: str | os.PathLike) -> None:

@@ -23,14 +23,13 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import secrets
 import shutil
 from pathlib import Path
 from typing import Any
 
 from pix2tex import decoding_rules, normalize, preprocess
 from pix2tex.config import ModelConfig
-from pix2tex.fileio import replace_folder
+from pix2tex.fileio import atomic_folder
 from pix2tex.model_folder import (
     CONFIG,
     META,
@@ -210,10 +209,7 @@ def export_web(model_folder: str | os.PathLike | None, out_dir: str | os.PathLik
     ort = find_onnxruntime_web(ort_dir)  # first: a missing runtime must not cost a model export
     out = Path(out_dir)
     _check_target(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    tmp.mkdir()  # not mkdtemp: the folder should get the usual permissions (umask), not 0700
-    try:
+    with atomic_folder(out) as tmp:
         for asset in sorted(ASSETS.iterdir()):
             if asset.is_file():
                 shutil.copyfile(asset, tmp / asset.name)
@@ -228,8 +224,4 @@ def export_web(model_folder: str | os.PathLike | None, out_dir: str | os.PathLik
         settings = reader_settings(cfg, meta, layers, _self_cache_shapes(model, layers))
         settings["onnxruntime_web"] = _ort_version(ort)
         (tmp / WEB_MANIFEST).write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
-        replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
