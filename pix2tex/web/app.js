@@ -137,5 +137,7 @@ document.addEventListener("drop", (event) => {
 
 // With `pix2tex serve --web`, the same reading runs in the browser at /local/: offer it.
 fetch("/health").then((response) => (response.ok ? response.json() : null)).then((health) => {
-  if (health && health.web) $("local").hidden = false;
+  if (!health || !health.web) return;
+  $("local-link").href = health.web; // linked only where the server mounts the reader
+  $("local").hidden = false;
 }, () => {});
