@@ -531,7 +531,7 @@ def test_glyph_heights_remeasured_with_another_estimator(tmp_path):
     del data["settings"]["glyph_estimator"]  # written before the choice existed
     assert Im2LatexDataset.load_dict(data).glyph_estimator == "soft"
     data["settings"]["glyph_estimator"] = "sharp"
-    with pytest.raises(DatasetError, match="glyph_estimator must be one of soft, stroke, got 'sharp'"):
+    with pytest.raises(DatasetError, match="glyph_estimator must be one of soft, stroke, stroke_capped, got 'sharp'"):
         Im2LatexDataset.load_dict(data, source="x.pkl")
     with pytest.raises(TypeError, match="unknown setting 'glyph_estimator'"):
         soft.update(glyph_estimator="stroke")  # the heights would not match the name

@@ -221,11 +221,11 @@ def test_glyph_estimator_comes_from_the_folder_or_the_caller(model_dir, images, 
     folder = LatexOCR(tmp_path / "m", device="cpu")
     assert folder.glyph_estimator == "stroke" and (folder.prepare(bold) == stroke).all()
     assert (LatexOCR(tmp_path / "m", device="cpu", glyph_estimator="soft").prepare(bold) == soft).all()
-    with pytest.raises(ValueError, match="^glyph_estimator must be one of soft, stroke, got 'sharp'$"):
+    with pytest.raises(ValueError, match="^glyph_estimator must be one of soft, stroke, stroke_capped, got 'sharp'$"):
         LatexOCR(model_dir, device="cpu", glyph_estimator="sharp")
     r = _cli("predict", str(good[0]), "--checkpoint", str(model_dir), "--glyph-estimator", "sharp")
     assert r.returncode == 2
-    assert r.stderr.decode().strip() == "error: glyph_estimator must be one of soft, stroke, got 'sharp'"
+    assert r.stderr.decode().strip() == "error: glyph_estimator must be one of soft, stroke, stroke_capped, got 'sharp'"
     r = _cli("predict", str(good[0]), "--glyph-estimator", "stroke", "--no-rescale")
     assert r.returncode == 2 and "--glyph-scale and --glyph-estimator need rescaling" in r.stderr.decode()
 

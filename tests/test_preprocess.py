@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from pix2tex.config import ModelConfig
+from pix2tex.render import render_images
 from pix2tex.preprocess import (
     DEFAULT_GLYPH_HEIGHT,
     GLYPH_ESTIMATORS,
@@ -34,6 +35,7 @@ from tests.helpers import SAMPLE as SAMPLE_DIR
 from tests.helpers import png_header_only
 
 SAMPLES = SAMPLE_DIR / "images"
+DEMO_FORMULAS = Path(__file__).resolve().parents[1] / "pix2tex" / "dataset" / "demo_formulas.txt"
 SAMPLE = SAMPLES / "60ee748793.png"  # a long formula with fractions and scripts, 500x100
 CFG = ModelConfig()
 SIZE = dict(patch_size=CFG.patch_size, max_height=CFG.max_height, max_width=CFG.max_width)
@@ -371,8 +373,26 @@ def test_stroke_estimate_barely_moves_with_bolder_or_blurrier_ink() -> None:
         stroke_growth = np.median(heights("stroke", change) / stroke) - 1
         assert soft_growth > 0.15  # what "soft" does (+29 % and +24 % here)
         assert abs(stroke_growth) < 0.6 * soft_growth
-    with pytest.raises(ValueError, match="glyph_estimator must be one of soft, stroke, got 'x'"):
+    with pytest.raises(ValueError, match="glyph_estimator must be one of soft, stroke, stroke_capped, got 'x'"):
         estimate_glyph_height(grays[0], "x")
+
+
+def test_capped_estimate_sees_past_a_big_operator_holding_most_ink(tmp_path: Path) -> None:
+    """In a short formula a display integral or sum holds most of the ink, and "stroke" takes it
+    for the glyphs (the image would be shrunk 3-4x); "stroke_capped" caps each component's vote
+    and measures the demo's eight formulas (one font, one size) alike, and it measures formulas
+    where no component holds a fifth of the ink exactly as "stroke" does."""
+    formulas = [f for f in DEMO_FORMULAS.read_text(encoding="utf-8").splitlines() if f.strip()]
+    contents = [crop_to_content(normalize_contrast(np.asarray(r.image.convert("L"))))
+                for r in render_images(formulas, "cm", 120, tmp_path)]
+    stroke = np.array([estimate_glyph_height(c, "stroke") for c in contents])
+    capped = np.array([estimate_glyph_height(c, "stroke_capped") for c in contents])
+    assert stroke.max() / stroke.min() > 4  # the integral (44.9 px) and the sum (28.1) against 8-14
+    assert capped.max() / capped.min() < 2
+    assert np.argmax(stroke) == 2 and capped[2] < stroke[2] / 3  # \int_0^\infty e^{-x^2}\,dx=...
+    same = [estimate_glyph_height(g, "stroke_capped") == estimate_glyph_height(g, "stroke")
+            for g in (crop_to_content(normalize_contrast(_gray(p))) for p in _seeded_samples(40, seed=3))]
+    assert sum(same) >= 38
 
 
 def test_training_renders_measure_near_the_default_glyph_height() -> None:

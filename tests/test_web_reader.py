@@ -21,12 +21,15 @@ from pix2tex.dataset.dataset import read_labels
 from pix2tex.export import main as export_main
 from pix2tex.inference import LatexOCR
 from pix2tex.normalize import normalize
+from pix2tex.preprocess import GLYPH_ESTIMATORS, estimate_glyph_height, ink_content, load_image, to_gray
+from pix2tex.render import render_images
 from pix2tex.serve import main as serve_main
 from pix2tex.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from pix2tex.web_export import WEB_MANIFEST, WebExportError, check_web_export, export_web
 from tests.helpers import REPO, SAMPLE
 
 NODE_RUNNER = REPO / "tests" / "web_reader_node.mjs"
+DEMO_FORMULAS = REPO / "pix2tex" / "dataset" / "demo_formulas.txt"
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +93,26 @@ def test_page_prepares_real_images_as_python_does(web_dir, ocr):
         assert diff.max() <= 1 and (diff > 0).mean() < 0.001, path.name
         identical += not diff.any()
     assert identical >= 0.8 * len(paths)
+
+
+def test_page_measures_glyphs_as_python_does_with_every_estimator(web_dir, tmp_path):
+    # The demo's formulas (a display integral and sum among them, whose ink "stroke_capped" outvotes)
+    # rendered by TeX as `make demo` renders them, and real im2latex images.
+    formulas = [f for f in DEMO_FORMULAS.read_text(encoding="utf-8").splitlines() if f.strip()]
+    paths = []
+    for k, result in enumerate(render_images(formulas, "cm", 120, tmp_path)):
+        paths.append(tmp_path / f"demo{k}.png")
+        result.image.save(paths[-1])
+    paths += sample_images(12)
+    jobs = [{"path": str(p), "method": m} for p in paths for m in GLYPH_ESTIMATORS]
+    page = dict(zip(((j["path"], j["method"]) for j in jobs), _node(web_dir, "glyph", jobs), strict=True))
+    for path in paths:
+        content = ink_content(np.asarray(to_gray(load_image(path))))
+        for method in GLYPH_ESTIMATORS:
+            py = estimate_glyph_height(content, method)
+            assert page[str(path), method] == pytest.approx(py, rel=0.01), (path.name, method)
+    integral = str(paths[2])  # \int_0^\infty e^{-x^2}\,dx=\frac{\sqrt\pi}2: the operator holds most ink
+    assert page[integral, "stroke"] > 3 * page[integral, "stroke_capped"]
 
 
 def test_page_detokenizes_and_stops_loops_as_python_does(web_dir, ocr):

@@ -5,6 +5,7 @@
 //   node tests/web_reader_node.mjs DIR decode       [ids...]          -> "latex"
 //   node tests/web_reader_node.mjs DIR normalize    "latex"           -> "normalized"
 //   node tests/web_reader_node.mjs DIR loops        [ids...]          -> {"looping", "cut"}
+//   node tests/web_reader_node.mjs DIR glyph        {"path", "method"} -> glyph height (px) | null
 
 import { readFile } from "node:fs/promises";
 import path from "node:path";
@@ -15,7 +16,7 @@ const [dir, command] = process.argv.slice(2);
 const load = (name) => import(pathToFileURL(path.join(dir, name)).href);
 const settings = JSON.parse(await readFile(path.join(dir, "reader.json"), "utf-8"));
 const { loadImage } = await load("image.js");
-const { prepare } = await load("preprocess.js");
+const { estimateGlyphHeight, inkContent, prepare, toGray } = await load("preprocess.js");
 const { TokenDecoder, normalize } = await load("latex.js");
 const { cutLoop, looping } = await load("decode.js");
 const tokenizer = new TokenDecoder(JSON.parse(await readFile(path.join(dir, settings.tokenizer), "utf-8")),
@@ -30,6 +31,10 @@ async function answer(job) {
     } catch (err) {
       return { error: err.message };
     }
+  }
+  if (command === "glyph") {
+    const gray = toGray(await loadImage(new Uint8Array(await readFile(job.path)), settings.preprocess));
+    return estimateGlyphHeight(inkContent(gray, settings.preprocess), job.method, settings.preprocess);
   }
   if (command === "decode") return tokenizer.decodeLatex(job, depth);
   if (command === "normalize") return normalize(job, depth);

@@ -231,8 +231,9 @@ function select(a, keep) {
   return a.filter((_, k) => keep[k]);
 }
 
-/** preprocess._typical_height (0.25, 3.0, 2.5, 0.4: its shape limits for glyphs, delimiters, outliers). */
-function typicalHeight(heights, widths, mass, S) {
+/** preprocess._typical_height (0.25, 3.0, 2.5, 0.4: its shape limits for glyphs, delimiters, outliers;
+ * capped: no component weighs more than S.vote_cap of the ink). */
+function typicalHeight(heights, widths, mass, S, capped = false) {
   const glyph = heights.map((h, k) => h >= 0.25 * widths[k] && h > 0 && mass[k] > 0);
   heights = select(heights, glyph);
   widths = select(widths, glyph);
@@ -244,6 +245,10 @@ function typicalHeight(heights, widths, mass, S) {
     const rest = delimiter.map((d) => !d);
     heights = select(heights, rest);
     mass = select(mass, rest);
+  }
+  if (capped) {
+    const cap = S.vote_cap * pairwiseSum(Float64Array.from(mass));
+    mass = mass.map((m) => Math.min(m, cap));
   }
   const ref = massBandMean(heights, mass, 0.5, 0.5);
   const typical = heights.map((h) => h > 0.4 * ref && h < 2.5 * ref);
@@ -303,8 +308,9 @@ function softGlyphHeight(gray, S) {
   return typicalHeight(heights, widths, mass, S);
 }
 
-/** preprocess._stroke_glyph_height: binarized component heights less the typical stroke width. */
-function strokeGlyphHeight(gray, S) {
+/** preprocess._stroke_glyph_height: binarized component heights less the typical stroke width
+ * (capped: the "stroke_capped" estimator). */
+function strokeGlyphHeight(gray, S, capped = false) {
   const { n, stats } = connectedComponents(threshold(gray, S.ink_level), gray.width, gray.height);
   if (n <= 1) return null;
   const rough = massBandMean(stats.slice(1).map((s) => s[HEIGHT]), stats.slice(1).map((s) => s[AREA]), 0.5, 0.5);
@@ -330,7 +336,7 @@ function strokeGlyphHeight(gray, S) {
   const realComps = select(comps, real);
   const heights = realComps.map((s) => s[HEIGHT] - stroke), widths = realComps.map((s) => s[WIDTH]);
   const ok = heights.map((h) => h > 0);
-  const typical = typicalHeight(select(heights, ok), select(widths, ok), select(realArea, ok), S);
+  const typical = typicalHeight(select(heights, ok), select(widths, ok), select(realArea, ok), S, capped);
   return typical === null ? null : typical / (up * S.stroke_calibration);
 }
 
@@ -342,8 +348,8 @@ export function estimateGlyphHeight(gray, method, S) {
     factor = Math.ceil(Math.sqrt(size / S.max_analysis_pixels));
     gray = resizeArea(gray, Math.max(1, Math.floor(gray.width / factor)), Math.max(1, Math.floor(gray.height / factor)));
   }
-  if (method !== "soft" && method !== "stroke") throw new ImageError(`unknown glyph estimator ${method}`);
-  const height = method === "soft" ? softGlyphHeight(gray, S) : strokeGlyphHeight(gray, S);
+  if (!["soft", "stroke", "stroke_capped"].includes(method)) throw new ImageError(`unknown glyph estimator ${method}`);
+  const height = method === "soft" ? softGlyphHeight(gray, S) : strokeGlyphHeight(gray, S, method === "stroke_capped");
   return height === null ? null : factor * height;
 }
 
