@@ -16,6 +16,9 @@ the "stroke" glyph estimator, so that training goes on from the bundled weights
   race validates on (``valdata``: real images tell candidates apart where renders do not);
 - ``train_papers.pkl``: ``train.pkl`` and ``real/train.pkl`` joined.
 
+``--glyph-estimator stroke_capped`` builds the same datasets measured with that estimator under
+``OUT/stroke_capped/`` (renders and splits shared; takes only the building part).
+
 On this 2-core machine it takes about 20 minutes (rendering ~15, building ~5).
 """
 
@@ -26,6 +29,8 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from pix2tex.preprocess import GLYPH_ESTIMATORS
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data"
@@ -39,9 +44,10 @@ def _run(*args: str) -> None:
     subprocess.run([sys.executable, "-m", *args], check=True, cwd=REPO)
 
 
-def _dataset(images: Path, labels: Path, pkl: Path) -> None:
+def _dataset(images: Path, labels: Path, pkl: Path, estimator: str) -> None:
+    pkl.parent.mkdir(parents=True, exist_ok=True)
     _run("pix2tex.dataset.dataset", "-i", str(images), "-e", str(labels), "-t", str(TOKENIZER),
-         "--glyph-estimator", "stroke", "-o", str(pkl))
+         "--glyph-estimator", estimator, "-o", str(pkl))
 
 
 def split_real(out: Path) -> tuple[Path, Path]:
@@ -67,8 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.standing_data", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="the data folder (made if missing)")
     parser.add_argument("--workers", type=int, default=2, help="TeX processes and dataset builds at once")
+    parser.add_argument("--glyph-estimator", default="stroke", choices=GLYPH_ESTIMATORS,
+                        help="how the datasets measure glyphs (default: stroke, the bundled model's); any "
+                             "other writes its datasets (the .pkl files) under OUT/<estimator>/, beside "
+                             "the stroke ones, from the same renders and splits")
     args = parser.parse_args(argv)
     out = args.out.resolve()
+    est = args.glyph_estimator
+    sets = out if est == "stroke" else out / est  # where the .pkl files go
     out.mkdir(parents=True, exist_ok=True)
     for name in CORPORA:
         render = out / "render" / name
@@ -82,19 +94,19 @@ def main(argv: list[str] | None = None) -> int:
         rows = [line for line in (out / f"{split}.tsv").read_text().splitlines(keepends=True)
                 if line.startswith(f"render/{name}/")]
         (out / f"{split}_{name}.tsv").write_text("".join(rows))
-        _dataset(out, out / f"{split}_{name}.tsv", out / f"{split}_{name}.pkl")
-        return out / f"{split}_{name}.pkl"
+        _dataset(out, out / f"{split}_{name}.tsv", sets / f"{split}_{name}.pkl", est)
+        return sets / f"{split}_{name}.pkl"
 
     real_train, real_heldout = split_real(out)
     with ThreadPoolExecutor(args.workers) as pool:
         parts = list(pool.map(lambda n: build("train", n), CORPORA))
         pool.submit(build, "valid", "im2latex_val").result()
-        pool.submit(_dataset, SHARED / "images", real_train, out / "real" / "train.pkl").result()
-        pool.submit(_dataset, SHARED / "images" / REAL, real_heldout, out / "real" / "heldout.pkl").result()
-    _run("pix2tex.dataset.dataset", "--combine", *map(str, parts), "-o", str(out / "train.pkl"))
-    _run("pix2tex.dataset.dataset", "--combine", str(out / "train.pkl"), str(out / "real" / "train.pkl"),
-         "-o", str(out / "train_papers.pkl"))
-    print(f"done: {out}/train.pkl, train_papers.pkl, valid_im2latex_val.pkl, real/heldout.tsv and .pkl")
+        pool.submit(_dataset, SHARED / "images", real_train, sets / "real" / "train.pkl", est).result()
+        pool.submit(_dataset, SHARED / "images" / REAL, real_heldout, sets / "real" / "heldout.pkl", est).result()
+    _run("pix2tex.dataset.dataset", "--combine", *map(str, parts), "-o", str(sets / "train.pkl"))
+    _run("pix2tex.dataset.dataset", "--combine", str(sets / "train.pkl"), str(sets / "real" / "train.pkl"),
+         "-o", str(sets / "train_papers.pkl"))
+    print(f"done: {sets}/train.pkl, train_papers.pkl, valid_im2latex_val.pkl, real/heldout.pkl; {out}/real/heldout.tsv")
     return 0
 
 
