@@ -3,7 +3,8 @@
 DIR becomes a static site that reads formula images in the browser, so nothing leaves the reader's
 machine: any static file server will do (``python -m http.server -d DIR``)::
 
-    index.html, style.css, *.js   the page and its reader (pix2tex/web/reader)
+    index.html, *.css, *.js       the page and its reader (pix2tex/web/reader, and input.js and base.css
+                                  of pix2tex/web, which the server's page shares)
     reader.json                   every constant the page's preprocessing and decoding use, written
                                   here from the Python modules' own constants (one source of truth)
     model/                        the ONNX graphs (pix2tex.onnx_engine's layout) with onnx.json,
@@ -48,6 +49,7 @@ __all__ = ["WEB_FORMAT", "WEB_VERSION", "WEB_MANIFEST", "ORT_FILES", "WebExportE
 WEB_FORMAT, WEB_VERSION = "pix2tex-web", 1  # reader.js checks both
 WEB_MANIFEST = "reader.json"  # the mark of a web export, and the page's settings
 ASSETS = Path(__file__).resolve().parent / "web" / "reader"
+SHARED_ASSETS = tuple(ASSETS.parent / name for name in ("input.js", "base.css"))  # the server's page uses them too
 MODEL_DIR, ORT_DIR = "model", "ort"
 ORT_PACKAGE = "onnxruntime-web"
 # The wasm build of onnxruntime-web: its ES module, the Emscripten loader it imports, the binary.
@@ -210,9 +212,8 @@ def export_web(model_folder: str | os.PathLike | None, out_dir: str | os.PathLik
     out = Path(out_dir)
     _check_target(out)
     with atomic_folder(out) as tmp:
-        for asset in sorted(ASSETS.iterdir()):
-            if asset.is_file():
-                shutil.copyfile(asset, tmp / asset.name)
+        for asset in [*sorted(p for p in ASSETS.iterdir() if p.is_file()), *SHARED_ASSETS]:
+            shutil.copyfile(asset, tmp / asset.name)
         (tmp / ORT_DIR).mkdir()
         for name in ORT_FILES:
             shutil.copyfile(ort / name, tmp / ORT_DIR / name)

@@ -102,6 +102,17 @@ def test_upload_reads_renders_edits_and_pastes(server, browser, formula_png, tmp
         "document.dispatchEvent(new ClipboardEvent('paste', {clipboardData: dt}));", data)
     _wait(browser, lambda _driver: latex_box.get_attribute("value") == expected, "a pasted image was not read")
 
+    # Dropping it on the image pane reads it too (the handlers are pix2tex/web/input.js, shared with
+    # the in-browser reader's page).
+    latex_box.clear()
+    browser.execute_script(
+        "const bytes = Uint8Array.from(atob(arguments[0]), c => c.charCodeAt(0));"
+        "const dt = new DataTransfer();"
+        "dt.items.add(new File([bytes], 'dropped.png', {type: 'image/png'}));"
+        "document.getElementById('drop').dispatchEvent("
+        "  new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));", data)
+    _wait(browser, lambda _driver: latex_box.get_attribute("value") == expected, "a dropped image was not read")
+
     # The page asked no other host for anything.
     urls = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert urls and all(u.startswith(server.url) or u.startswith(("blob:", "data:")) for u in urls), urls

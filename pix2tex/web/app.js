@@ -1,14 +1,9 @@
 // The pix2tex page: an image in (paste, drop or pick), its LaTeX out, and that LaTeX rendered back
 // by the server's TeX so the reader sees at a glance whether it is right.  No other host is asked.
-"use strict";
 
-const $ = (id) => document.getElementById(id);
+import { $, onCopy, onImage, setStatus } from "./input.js";
+
 const state = { inputUrl: null, previewUrl: null, renderTimer: null, renderSeq: 0 };
-
-function setStatus(text, isError = false) {
-  $("status").textContent = text;
-  $("status").classList.toggle("error", isError);
-}
 
 async function errorText(response) {
   try {
@@ -98,42 +93,8 @@ $("latex").addEventListener("input", () => {
   state.renderTimer = setTimeout(renderPreview, 350);
 });
 
-$("copy").addEventListener("click", async () => {
-  try {
-    await navigator.clipboard.writeText($("latex").value);
-    setStatus("Copied.");
-  } catch (_) { // clipboard API refused (plain http on another host): select for Ctrl+C
-    $("latex").select();
-    document.execCommand("copy");
-    setStatus("Copied.");
-  }
-});
-
-$("file").addEventListener("change", (event) => readImage(event.target.files[0]));
-
-document.addEventListener("paste", (event) => {
-  const items = event.clipboardData ? Array.from(event.clipboardData.items) : [];
-  const item = items.find((it) => it.kind === "file" && it.type.startsWith("image/"));
-  if (!item) return; // text pasted into the LaTeX box stays text
-  event.preventDefault();
-  readImage(item.getAsFile());
-});
-
-const drop = $("drop");
-["dragenter", "dragover"].forEach((name) => drop.addEventListener(name, (event) => {
-  event.preventDefault();
-  drop.classList.add("over");
-}));
-["dragleave", "drop"].forEach((name) => drop.addEventListener(name, () => drop.classList.remove("over")));
-drop.addEventListener("drop", (event) => {
-  event.preventDefault();
-  readImage(event.dataTransfer.files[0]);
-});
-document.addEventListener("dragover", (event) => event.preventDefault());
-document.addEventListener("drop", (event) => {
-  event.preventDefault();
-  if (event.target !== drop && !drop.contains(event.target)) readImage(event.dataTransfer.files[0]);
-});
+onCopy();
+onImage(readImage);
 
 // With `pix2tex serve --web`, the same reading runs in the browser at /local/: offer it.
 fetch("/health").then((response) => (response.ok ? response.json() : null)).then((health) => {

@@ -3,15 +3,10 @@
 // last reading on <output id="result"> (ids, confidence, input size and checksum), for tests and
 // benchmarks; window.pix2tex offers the same reading to scripts (ready, read(file)).
 
+import { $, onCopy, onImage, setStatus } from "./input.js";
 import { Reader, defaultThreads } from "./reader.js";
 
-const $ = (id) => document.getElementById(id);
 const state = { inputUrl: null };
-
-function setStatus(text, isError = false) {
-  $("status").textContent = text;
-  $("status").classList.toggle("error", isError);
-}
 
 function setState(name) {
   document.documentElement.dataset.state = name;
@@ -95,36 +90,7 @@ async function readImage(file) {
   setState("ready");
 }
 
-$("copy").addEventListener("click", async () => {
-  try {
-    await navigator.clipboard.writeText($("latex").value);
-  } catch { // clipboard API refused (plain http on another host): select for Ctrl+C
-    $("latex").select();
-    document.execCommand("copy");
-  }
-  setStatus("Copied.");
-});
-
-$("file").addEventListener("change", (event) => readImage(event.target.files[0]));
-
-document.addEventListener("paste", (event) => {
-  const items = event.clipboardData ? Array.from(event.clipboardData.items) : [];
-  const item = items.find((it) => it.kind === "file" && it.type.startsWith("image/"));
-  if (!item) return; // text pasted into the LaTeX box stays text
-  event.preventDefault();
-  readImage(item.getAsFile());
-});
-
-const drop = $("drop");
-["dragenter", "dragover"].forEach((name) => drop.addEventListener(name, (event) => {
-  event.preventDefault();
-  drop.classList.add("over");
-}));
-["dragleave", "drop"].forEach((name) => drop.addEventListener(name, () => drop.classList.remove("over")));
-document.addEventListener("dragover", (event) => event.preventDefault());
-document.addEventListener("drop", (event) => {
-  event.preventDefault();
-  readImage(event.dataTransfer.files[0]);
-});
+onCopy();
+onImage(readImage);
 
 window.pix2tex = { ready, read };
