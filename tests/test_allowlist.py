@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from pix2tex.render.allowlist import NEVER, allowed_latex, build_allowlist, check_allowed
+from pix2tex.render import render_images
+from pix2tex.render.allowlist import (
+    NEVER,
+    STANDARD_ENVIRONMENTS,
+    STANDARD_OPERATORS,
+    allowed_latex,
+    build_allowlist,
+    check_allowed,
+)
 from tests.helpers import read_formulas
 
 
@@ -22,6 +30,18 @@ def test_real_formulas_pass(corpus):
     formulas = read_formulas(corpus, 3000, start=1000)
     refused = [f for f in formulas if check_allowed(f) is not None]
     assert len(refused) <= 0.005 * len(formulas), refused[:5]
+
+
+def test_every_standard_operator_and_environment_is_allowed_and_renders(tmp_path):
+    # \sup, \inf, \Pr, \deg... occur in no corpus (im2latex spells them \operatorname*{sup}), yet a
+    # user types them: the list must not refuse them, and the renderer's preamble must define them.
+    formulas = [f"{op} _ {{ n }} x" for op in STANDARD_OPERATORS]
+    formulas += [rf"\begin{{{env}}} a \\ b \end{{{env}}}" for env in ("matrix", "pmatrix", "bmatrix", "cases",
+                                                                      "gathered", "aligned")]
+    assert all(check_allowed(f) is None for f in formulas)
+    assert {f"\\begin{{{env}}}" for env in STANDARD_ENVIRONMENTS} <= allowed_latex()
+    results = render_images(formulas, "cm", 100, tmp_path)
+    assert [r.formula for r in results if not r.ok] == []
 
 
 @pytest.mark.parametrize("formula", [

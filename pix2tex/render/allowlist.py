@@ -6,10 +6,12 @@ The allow-list turns this around: every control sequence and every environment o
 one that real formulas use.  The list (``allowed_latex.txt`` beside this file) is made from the
 training corpora with
 
-    python -m pix2tex.render.allowlist --formulas ../shared/data/formulas --out pix2tex/render/allowed_latex.txt
+    python -m pix2tex.render.allowlist --formulas ../shared/data/formulas ../shared/data/multiline \\
+        --out pix2tex/render/allowed_latex.txt
 
 which keeps every command and environment the formulas use, plus amsmath's usual math
-environments (:data:`STANDARD_ENVIRONMENTS`) and the commands the normalizer knows
+environments (:data:`STANDARD_ENVIRONMENTS`), LaTeX's and amsmath's named operators
+(:data:`STANDARD_OPERATORS`) and the commands the normalizer knows
 (:data:`KNOWN_COMMANDS`), except those in :data:`NEVER` (the
 renderer's blacklist plus the commands that build names, expand in odd orders, or change how TeX
 reads input); those are listed in the file's header with how often real formulas used them.
@@ -30,7 +32,7 @@ from pix2tex.normalize import _ARITY, _DIMENSION_ARG, _DIMENSION_FOLLOWS, _OPTIO
 # tex.py imports check_allowed inside check_formula, so importing it here makes no cycle.
 from pix2tex.render.tex import FORBIDDEN_COMMANDS
 
-__all__ = ["ALLOWED_FILE", "NEVER", "allowed_latex", "check_allowed", "build_allowlist", "main"]
+__all__ = ["ALLOWED_FILE", "NEVER", "STANDARD_ENVIRONMENTS", "STANDARD_OPERATORS", "allowed_latex", "check_allowed", "build_allowlist", "main"]
 
 ALLOWED_FILE = Path(__file__).resolve().parent / "allowed_latex.txt"
 
@@ -47,6 +49,12 @@ _NAME_BUILDERS = r"""\UseName \ExpandArgs \expandafter \noexpand \string \detoke
 # Math environments of LaTeX and amsmath that every user expects, whether or not the corpora use them.
 STANDARD_ENVIRONMENTS = """matrix pmatrix bmatrix Bmatrix vmatrix Vmatrix smallmatrix cases array aligned
     alignedat gathered split subarray""".split()
+
+# The named operators of LaTeX and amsmath, likewise: the corpora spell some of them only as
+# \operatorname*{sup} (im2latex's normalization did), so a user's \sup was refused before.
+STANDARD_OPERATORS = r"""\arccos \arcsin \arctan \arg \cos \cosh \cot \coth \csc \deg \det \dim \exp \gcd
+    \hom \inf \ker \lg \lim \liminf \limsup \ln \log \max \min \Pr \sec \sin \sinh \sup \tan \tanh
+    \injlim \projlim \varinjlim \varprojlim \varliminf \varlimsup""".split()
 
 
 def _known_commands() -> frozenset[str]:
@@ -76,7 +84,7 @@ def build_allowlist(formulas: Iterable[str]) -> tuple[list[str], Counter[str]]:
         used.update({t for t in tokenize(formula) if _is_command(t)})
     refused = Counter({t: n for t, n in used.items() if t in NEVER})
     standard = {f"\\{side}{{{env}}}" for env in STANDARD_ENVIRONMENTS for side in ("begin", "end")}
-    return sorted((set(used) | standard | KNOWN_COMMANDS) - NEVER), refused
+    return sorted((set(used) | standard | set(STANDARD_OPERATORS) | KNOWN_COMMANDS) - NEVER), refused
 
 
 @lru_cache(maxsize=1)
@@ -109,13 +117,15 @@ def _read_formula_files(source: Path) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pix2tex.render.allowlist", description=__doc__.splitlines()[0])
-    parser.add_argument("--formulas", type=Path, required=True, help="formula file or folder of *.txt files")
+    parser.add_argument("--formulas", type=Path, nargs="+", required=True,
+                        help="formula files or folders of *.txt files")
     parser.add_argument("--out", type=Path, default=ALLOWED_FILE)
     args = parser.parse_args(argv)
-    if not args.formulas.exists():
-        print(f"error: {args.formulas}: no such formula file or folder", file=sys.stderr)
-        return 2
-    formulas = _read_formula_files(args.formulas)
+    for source in args.formulas:
+        if not source.exists():
+            print(f"error: {source}: no such formula file or folder", file=sys.stderr)
+            return 2
+    formulas = [f for source in args.formulas for f in _read_formula_files(source)]
     allowed, refused = build_allowlist(formulas)
     header = [
         "# LaTeX commands and environments formulas may use (python -m pix2tex.render.allowlist).",
