@@ -56,6 +56,17 @@ _SYNONYMS = {
     r"\lbrack": "[", r"\rbrack": "]", r"\dag": r"\dagger", r"\vert": "|",
 }
 
+# LaTeX's and amsmath's named operators, which \operatorname typesets identically (pixel for pixel
+# in all six fonts, display style too): those without limits from \operatorname{sin}, those with
+# limits from \operatorname*{max}.  The corpora spell them both ways (im2latex and arXiv
+# \operatorname { s i n }, school formulas \sin); one normal form makes one label per image.
+_NAMED_OPERATORS = {
+    **{(name, False): "\\" + name for name in """arccos arcsin arctan arg cos cosh cot coth csc deg dim exp hom
+        ker lg ln log sec sin sinh tan tanh""".split()},
+    **{(name, True): "\\" + name for name in "det gcd inf lim max min Pr sup".split()},
+    ("lim\\,sup", True): r"\limsup", ("lim\\,inf", True): r"\liminf",
+}
+
 # Old-style font switches and the math alphabet each selects in math mode (LaTeX's
 # \DeclareOldFontCommand): ``{\cal L}`` typesets as ``\mathcal{L}``, which is folded into.
 _FONT_SWITCHES = {
@@ -255,6 +266,27 @@ def _normalize_tokens(tokens: list[str]) -> list[str]:
     return out
 
 
+def _name_operators(tokens: list[str]) -> list[str]:
+    """``\operatorname { s i n }`` -> ``\sin`` and ``\operatorname * { m a x }`` -> ``\max``
+    (:data:`_NAMED_OPERATORS`); other names, and a star where the operator has none, stay."""
+    out: list[str] = []
+    i = 0
+    while i < len(tokens):
+        if tokens[i] == r"\operatorname":
+            star = i + 1 < len(tokens) and tokens[i + 1] == "*"
+            start = i + 1 + star
+            if start < len(tokens) and tokens[start] == "{":
+                end = _group_end(tokens, start)
+                name = _NAMED_OPERATORS.get(("".join(tokens[start + 1 : end - 1]), star))
+                if name is not None and tokens[end - 1] == "}":
+                    out.append(name)
+                    i = end
+                    continue
+        out.append(tokens[i])
+        i += 1
+    return out
+
+
 def _is_control_word(tok: str | None) -> bool:
     """A command that may take arguments (a glued delimiter such as ``\\left(`` takes none)."""
     if tok is None or len(tok) < 2 or tok[0] != "\\" or not tok[1].isalpha():
@@ -385,7 +417,7 @@ def latex_tokens(latex: str) -> list[str]:
         # The argument parser recurses once per group level; a formula nested this deep is not a
         # real formula (the renderer refuses it), and its tokens are returned as they are.
         return ["\\" if t == "\\ " else t for t in raw]
-    tokens = _drop_redundant_braces(_fold_font_switches(_glue_delimiters(_normalize_tokens(raw))))
+    tokens = _drop_redundant_braces(_fold_font_switches(_name_operators(_glue_delimiters(_normalize_tokens(raw)))))
     while tokens and tokens[-1] == "\\ ":
         tokens.pop()
     return ["\\" if t == "\\ " else t for t in tokens]

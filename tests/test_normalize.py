@@ -107,6 +107,24 @@ def _same_pixels(pairs: list[tuple[str, str]]) -> list[bool | None]:
             for a, b in zip(images[::2], images[1::2], strict=True)]
 
 
+def test_named_operators_have_one_spelling_that_typesets_alike():
+    """im2latex and arXiv write \\operatorname{sin} and \\operatorname*{max}, school formulas \\sin
+    and \\max: one normal form (the command) for what TeX draws alike; a star where the operator
+    takes none, and a name LaTeX does not define, stay as written."""
+    cases = {
+        r"\operatorname{sin}^2x": r"\sin ^ { 2 } x", r"\operatorname { l o g } x": r"\log x",
+        r"\operatorname*{max}_{i} x_i": r"\max _ { i } x _ { i }", r"\operatorname*{lim\,sup}_n a": r"\limsup _ { n } a",
+        r"\displaystyle\operatorname*{sup}_{x>0} f": r"\displaystyle \sup _ { x > 0 } f",
+        r"\operatorname{arctan}(y)": r"\arctan ( y )",
+    }
+    for raw, expected in cases.items():
+        assert normalize(raw) == expected and normalize(expected) == expected
+    assert _same_pixels(list(cases.items())) == [True] * len(cases)
+    kept = [r"\operatorname { m a x } _ { i } x", r"\operatorname * { s i n } x", r"\operatorname { t r } A"]
+    assert [normalize(f) for f in kept] == kept
+    assert _same_pixels([(kept[0], r"\max _ { i } x")]) == [False]  # without the star: limits beside, not below
+
+
 def test_row_breaks_have_one_normal_form_that_typesets_as_written():
     """``\\*`` loses its star (it only forbids a page break); ``\\[2pt]`` stays one token, its length
     without spaces; brackets after a spaced ``\\`` are content; a bracket that is not a length is

@@ -121,7 +121,9 @@ def test_page_detokenizes_and_stops_loops_as_python_does(web_dir, ocr):
     sequences = [[rng.randrange(4, vocab) for _ in range(rng.randrange(1, 60))] for _ in range(200)]
     assert _node(web_dir, "decode", sequences) == ocr.tokenizer.decode_latex(sequences)
     formulas = [latex for _, latex in read_labels(SAMPLE / "labels.tsv")[:300]]
-    formulas += [r"\frac12", r"x^{ {\prime} }", r"\left( a \right.", r"{\mathrm{d}}x", "a  \\,\\, b"]
+    formulas += [r"\frac12", r"x^{ {\prime} }", r"\left( a \right.", r"{\mathrm{d}}x", "a  \\,\\, b",
+                 r"\operatorname{sin}^2x+\operatorname*{max}_i y", r"\operatorname*{lim\,sup}_n a",
+                 r"\operatorname{max} x", r"\operatorname*{sin} x", r"\operatorname{foo}", r"\operatorname*{Pr}(A)"]
     assert _node(web_dir, "normalize", formulas) == [normalize(f) for f in formulas]
     loops = [[5, 6, 7] * 12, [9] * 40, [4, 5, 6, 7, 8, 9, 10, 11] * 8, [rng.randrange(4, 40) for _ in range(50)]]
     rows = [decoding_rules.looping(np.array([ids])) for ids in loops]  # None: too short to loop

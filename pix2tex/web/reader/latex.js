@@ -97,6 +97,13 @@ const SYNONYMS = {
   [String.raw`\lbrace`]: String.raw`\{`, [String.raw`\rbrace`]: String.raw`\}`, [String.raw`\lbrack`]: "[",
   [String.raw`\rbrack`]: "]", [String.raw`\dag`]: String.raw`\dagger`, [String.raw`\vert`]: "|",
 };
+// normalize._NAMED_OPERATORS: "name" or "name*" (the letters of the \operatorname argument) -> command.
+const NAMED_OPERATORS = Object.fromEntries([
+  ...`arccos arcsin arctan arg cos cosh cot coth csc deg dim exp hom ker lg ln log sec sin sinh tan tanh`
+    .split(" ").map((n) => [n, "\\" + n]),
+  ...`det gcd inf lim max min Pr sup`.split(" ").map((n) => [n + "*", "\\" + n]),
+  [String.raw`lim\,sup*`, String.raw`\limsup`], [String.raw`lim\,inf*`, String.raw`\liminf`],
+]);
 const FONT_SWITCHES = {
   [String.raw`\cal`]: String.raw`\mathcal`, [String.raw`\bf`]: String.raw`\mathbf`, [String.raw`\rm`]: String.raw`\mathrm`,
   [String.raw`\it`]: String.raw`\mathit`, [String.raw`\sf`]: String.raw`\mathsf`, [String.raw`\tt`]: String.raw`\mathtt`,
@@ -350,6 +357,30 @@ function dropRedundantBraces(tokens, keep = false) {
   return out;
 }
 
+/** normalize._name_operators: \operatorname { s i n } -> \sin, \operatorname * { m a x } -> \max. */
+function nameOperators(tokens) {
+  const out = [];
+  let i = 0;
+  while (i < tokens.length) {
+    if (tokens[i] === String.raw`\operatorname`) {
+      const star = i + 1 < tokens.length && tokens[i + 1] === "*";
+      const start = i + 1 + (star ? 1 : 0);
+      if (start < tokens.length && tokens[start] === "{") {
+        const end = groupEnd(tokens, start);
+        const key = tokens.slice(start + 1, end - 1).join("") + (star ? "*" : "");
+        if (has(NAMED_OPERATORS, key) && tokens[end - 1] === "}") {
+          out.push(NAMED_OPERATORS[key]);
+          i = end;
+          continue;
+        }
+      }
+    }
+    out.push(tokens[i]);
+    i += 1;
+  }
+  return out;
+}
+
 function glueDelimiters(tokens) {
   const out = [];
   let i = 0;
@@ -370,7 +401,7 @@ function glueDelimiters(tokens) {
 export function latexTokens(latex, maxGroupDepth) {
   const raw = tokenize(latex);
   if (groupDepth(raw) > maxGroupDepth) return raw.map((t) => (t === "\\ " ? "\\" : t));
-  const tokens = dropRedundantBraces(foldFontSwitches(glueDelimiters(normalizeTokens(raw))));
+  const tokens = dropRedundantBraces(foldFontSwitches(nameOperators(glueDelimiters(normalizeTokens(raw)))));
   while (tokens.length && tokens[tokens.length - 1] === "\\ ") tokens.pop();
   return tokens.map((t) => (t === "\\ " ? "\\" : t));
 }
