@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
-    sets = {"renders": render_sample(args.data, args.per_corpus, rng), "real": real_sample(args.real, args.real_images, rng)}
+    sets = {"renders": render_sample(args.data, args.per_corpus, rng),
+            "real": real_sample(args.real, args.real_images, rng)}
     formulas = [f for f in DEMO.read_text(encoding="utf-8").splitlines() if f.strip()]
     with tempfile.TemporaryDirectory() as tmp:
         demo = [_estimates(np.asarray(to_gray(r.image))) for r in render_images(formulas, "cm", 120, tmp)]

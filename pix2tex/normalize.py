@@ -267,7 +267,7 @@ def _normalize_tokens(tokens: list[str]) -> list[str]:
 
 
 def _name_operators(tokens: list[str]) -> list[str]:
-    """``\operatorname { s i n }`` -> ``\sin`` and ``\operatorname * { m a x }`` -> ``\max``
+    r"""``\operatorname { s i n }`` -> ``\sin`` and ``\operatorname * { m a x }`` -> ``\max``
     (:data:`_NAMED_OPERATORS`); other names, and a star where the operator has none, stay."""
     out: list[str] = []
     i = 0

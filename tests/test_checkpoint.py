@@ -109,7 +109,8 @@ def test_glyph_estimator_is_set_on_copy_and_checked_on_load(tmp_path, tokenizer,
     assert not (tmp_path / "bad").exists()
     for value in ("sharp", 1, None):
         (tmp_path / "dst" / "meta.json").write_text(json.dumps({"glyph_estimator": value}))
-        with pytest.raises(CheckpointError, match=r"meta\.json: glyph_estimator must be one of soft, stroke, stroke_capped, got "):
+        with pytest.raises(CheckpointError,
+                           match=r"meta\.json: glyph_estimator must be one of soft, stroke, stroke_capped, got "):
             load_model_folder(tmp_path / "dst")
 
 

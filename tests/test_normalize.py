@@ -113,7 +113,8 @@ def test_named_operators_have_one_spelling_that_typesets_alike():
     takes none, and a name LaTeX does not define, stay as written."""
     cases = {
         r"\operatorname{sin}^2x": r"\sin ^ { 2 } x", r"\operatorname { l o g } x": r"\log x",
-        r"\operatorname*{max}_{i} x_i": r"\max _ { i } x _ { i }", r"\operatorname*{lim\,sup}_n a": r"\limsup _ { n } a",
+        r"\operatorname*{max}_{i} x_i": r"\max _ { i } x _ { i }",
+        r"\operatorname*{lim\,sup}_n a": r"\limsup _ { n } a",
         r"\displaystyle\operatorname*{sup}_{x>0} f": r"\displaystyle \sup _ { x > 0 } f",
         r"\operatorname{arctan}(y)": r"\arctan ( y )",
     }

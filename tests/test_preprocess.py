@@ -16,7 +16,6 @@ import pytest
 from PIL import Image
 
 from pix2tex.config import ModelConfig
-from pix2tex.render import render_images
 from pix2tex.preprocess import (
     DEFAULT_GLYPH_HEIGHT,
     GLYPH_ESTIMATORS,
@@ -31,6 +30,7 @@ from pix2tex.preprocess import (
     normalize_contrast,
     prepare,
 )
+from pix2tex.render import render_images
 from tests.helpers import SAMPLE as SAMPLE_DIR
 from tests.helpers import png_header_only
 

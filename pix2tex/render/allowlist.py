@@ -32,7 +32,8 @@ from pix2tex.normalize import _ARITY, _DIMENSION_ARG, _DIMENSION_FOLLOWS, _OPTIO
 # tex.py imports check_allowed inside check_formula, so importing it here makes no cycle.
 from pix2tex.render.tex import FORBIDDEN_COMMANDS
 
-__all__ = ["ALLOWED_FILE", "NEVER", "STANDARD_ENVIRONMENTS", "STANDARD_OPERATORS", "allowed_latex", "check_allowed", "build_allowlist", "main"]
+__all__ = ["ALLOWED_FILE", "NEVER", "STANDARD_ENVIRONMENTS", "STANDARD_OPERATORS", "allowed_latex", "check_allowed",
+           "build_allowlist", "main"]
 
 ALLOWED_FILE = Path(__file__).resolve().parent / "allowed_latex.txt"
 
