@@ -107,6 +107,13 @@ def _same_pixels(pairs: list[tuple[str, str]]) -> list[bool | None]:
             for a, b in zip(images[::2], images[1::2], strict=True)]
 
 
+def _assert_normal_forms(cases: dict[str, str]) -> None:
+    """Each raw formula normalizes to its expected form, which is normal, and TeX draws both alike."""
+    for raw, expected in cases.items():
+        assert normalize(raw) == expected and normalize(expected) == expected
+    assert _same_pixels(list(cases.items())) == [True] * len(cases)
+
+
 def test_named_operators_have_one_spelling_that_typesets_alike():
     """im2latex and arXiv write \\operatorname{sin} and \\operatorname*{max}, school formulas \\sin
     and \\max: one normal form (the command) for what TeX draws alike; a star where the operator
@@ -118,9 +125,7 @@ def test_named_operators_have_one_spelling_that_typesets_alike():
         r"\displaystyle\operatorname*{sup}_{x>0} f": r"\displaystyle \sup _ { x > 0 } f",
         r"\operatorname{arctan}(y)": r"\arctan ( y )",
     }
-    for raw, expected in cases.items():
-        assert normalize(raw) == expected and normalize(expected) == expected
-    assert _same_pixels(list(cases.items())) == [True] * len(cases)
+    _assert_normal_forms(cases)
     kept = [r"\operatorname { m a x } _ { i } x", r"\operatorname * { s i n } x", r"\operatorname { t r } A"]
     assert [normalize(f) for f in kept] == kept
     assert _same_pixels([(kept[0], r"\max _ { i } x")]) == [False]  # without the star: limits beside, not below
@@ -137,9 +142,7 @@ def test_row_breaks_have_one_normal_form_that_typesets_as_written():
         r"\begin{array}{cc} a & b \\[4mm] c & d \end{array}": r"\begin{array} { c c } a & b \\[4mm] c & d \end{array}",
         r"\begin{cases} a & x \\ [y] & z \end{cases}": r"\begin{cases} a & x \\ [ y ] & z \end{cases}",
     }
-    for raw, expected in cases.items():
-        assert normalize(raw) == expected and normalize(expected) == expected
-    assert _same_pixels(list(cases.items())) == [True] * len(cases)
+    _assert_normal_forms(cases)
     assert tokenize(r"a \\[\input{x}] b")[:3] == ["a", "\\\\", "["]
 
 
