@@ -27,7 +27,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from pix2tex.fileio import atomic_write_text
-from pix2tex.normalize import _ARITY, _DIMENSION_ARG, _DIMENSION_FOLLOWS, _OPTIONAL_ARG, tokenize
+from pix2tex.normalize import _ARITY, _DIMENSION_ARG, _DIMENSION_FOLLOWS, _NAMED_OPERATORS, _OPTIONAL_ARG, tokenize
 
 # tex.py imports check_allowed inside check_formula, so importing it here makes no cycle.
 from pix2tex.render.tex import FORBIDDEN_COMMANDS
@@ -52,10 +52,10 @@ STANDARD_ENVIRONMENTS = """matrix pmatrix bmatrix Bmatrix vmatrix Vmatrix smallm
     alignedat gathered split subarray""".split()
 
 # The named operators of LaTeX and amsmath, likewise: the corpora spell some of them only as
-# \operatorname*{sup} (im2latex's normalization did), so a user's \sup was refused before.
-STANDARD_OPERATORS = r"""\arccos \arcsin \arctan \arg \cos \cosh \cot \coth \csc \deg \det \dim \exp \gcd
-    \hom \inf \ker \lg \lim \liminf \limsup \ln \log \max \min \Pr \sec \sin \sinh \sup \tan \tanh
-    \injlim \projlim \varinjlim \varprojlim \varliminf \varlimsup""".split()
+# \operatorname*{sup} (im2latex's normalization did), so a user's \sup was refused before.  Those
+# the normalizer folds \operatorname into, and amsmath's limits that have no \operatorname spelling.
+STANDARD_OPERATORS = sorted({*_NAMED_OPERATORS.values(),
+                             *r"\injlim \projlim \varinjlim \varprojlim \varliminf \varlimsup".split()})
 
 
 def _known_commands() -> frozenset[str]:
