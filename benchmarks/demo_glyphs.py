@@ -17,10 +17,10 @@ import json
 import statistics
 import sys
 import tempfile
-from pathlib import Path
 
 import numpy as np
 
+from pix2tex.demo import demo_formulas, render_demo
 from pix2tex.inference import LatexOCR
 from pix2tex.normalize import normalize
 from pix2tex.preprocess import (
@@ -31,9 +31,6 @@ from pix2tex.preprocess import (
     prepare,
     to_gray,
 )
-from pix2tex.render import render_images
-
-DEMO = Path(__file__).resolve().parents[1] / "pix2tex" / "dataset" / "demo_formulas.txt"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     ocr = LatexOCR(args.checkpoint)
     c = ocr.config
-    formulas = [line for line in DEMO.read_text(encoding="utf-8").splitlines() if line.strip()]
+    formulas = demo_formulas()
     with tempfile.TemporaryDirectory() as tmp:
-        images = [r.image for r in render_images(formulas, "cm", 120, tmp)]
+        images = [r.image for r in render_demo(tmp)]
     estimates = [{m: estimate_glyph_height(ink_content(np.asarray(to_gray(img))), m) for m in GLYPH_ESTIMATORS}
                  for img in images]
     median = statistics.median(e[ocr.glyph_estimator] for e in estimates)

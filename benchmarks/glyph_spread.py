@@ -30,13 +30,12 @@ from pathlib import Path
 import numpy as np
 
 from pix2tex.dataset.dataset import load_image_gray, read_labels
+from pix2tex.demo import render_demo
 from pix2tex.preprocess import GLYPH_ESTIMATORS, ImageLoadError, estimate_glyph_height, ink_content, to_gray
-from pix2tex.render import render_images
 from pix2tex.render.renderer import RenderSettings, choose_style
 
 REPO = Path(__file__).resolve().parent.parent
 REAL = REPO.parent / "shared" / "data" / "images" / "im2latex_val_real"
-DEMO = REPO / "pix2tex" / "dataset" / "demo_formulas.txt"
 
 
 def _settings(render_dir: Path) -> RenderSettings:
@@ -106,9 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     sets = {"renders": render_sample(args.data, args.per_corpus, rng),
             "real": real_sample(args.real, args.real_images, rng)}
-    formulas = [f for f in DEMO.read_text(encoding="utf-8").splitlines() if f.strip()]
     with tempfile.TemporaryDirectory() as tmp:
-        demo = [_estimates(np.asarray(to_gray(r.image))) for r in render_images(formulas, "cm", 120, tmp)]
+        demo = [_estimates(np.asarray(to_gray(r.image))) for r in render_demo(tmp)]
     for method in GLYPH_ESTIMATORS:
         for name, sample in sets.items():
             print(json.dumps({"estimator": method, "set": name, **spread(sample, method)}), flush=True)

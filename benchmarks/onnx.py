@@ -28,6 +28,7 @@ import torch
 
 from benchmarks.models import record, seed_config, time_runs
 from pix2tex.checkpoint import default_model_folder, load_model_folder, save_model_folder
+from pix2tex.demo import demo_formulas
 from pix2tex.export import export_model
 from pix2tex.models import get_model
 from pix2tex.normalize import normalize
@@ -41,9 +42,7 @@ def random_model_folder(folder: Path) -> Path:
     """The seed-sized hybrid with random weights (seed 0), saved as a model folder."""
     torch.manual_seed(0)
     cfg = seed_config()
-    formulas = (Path(__file__).resolve().parents[1] / "pix2tex" / "dataset" / "demo_formulas.txt").read_text(
-        encoding="utf-8").splitlines()
-    tokenizer = LatexTokenizer.train([normalize(f) for f in formulas if f.strip()], cfg.num_tokens)
+    tokenizer = LatexTokenizer.train([normalize(f) for f in demo_formulas()], cfg.num_tokens)
     save_model_folder(folder, get_model(cfg).eval(), cfg, tokenizer)
     return folder
 

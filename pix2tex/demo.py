@@ -9,6 +9,7 @@ prediction and the reference.  Extra image paths are read too (no reference to c
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -18,14 +19,25 @@ from pix2tex.checkpoint import CheckpointError
 from pix2tex.inference import LatexOCR
 from pix2tex.metrics import score
 from pix2tex.normalize import normalize
-from pix2tex.render import render_images
+from pix2tex.render import RenderResult, render_images
 
 DEMO_FORMULAS = Path(__file__).resolve().parent / "dataset" / "demo_formulas.txt"
 
 
+def demo_formulas() -> list[str]:
+    """The formulas of ``make demo`` (``pix2tex/dataset/demo_formulas.txt``, one a line)."""
+    return [line for line in DEMO_FORMULAS.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def render_demo(folder: str | os.PathLike) -> list[RenderResult]:
+    """The demo formulas rendered as ``make demo`` renders them: Computer Modern at 120 dpi (one
+    font, one size: a sound glyph estimator measures them alike)."""
+    return render_images(demo_formulas(), "cm", 120, folder)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     extra = list(sys.argv[1:] if argv is None else argv)
-    formulas = [line for line in DEMO_FORMULAS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    formulas = demo_formulas()
     try:
         ocr = LatexOCR()
     except CheckpointError as exc:
@@ -34,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = 0
     with tempfile.TemporaryDirectory(prefix="pix2tex-demo-") as tmp:
         paths, references = [], []
-        for k, (formula, result) in enumerate(zip(formulas, render_images(formulas, "cm", 120, tmp), strict=True)):
+        for k, (formula, result) in enumerate(zip(formulas, render_demo(tmp), strict=True)):
             if result.image is None:
                 print(f"warning: could not render demo formula {k + 1}: {result.error}", file=sys.stderr)
                 continue

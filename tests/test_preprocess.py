@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from pix2tex.config import ModelConfig
+from pix2tex.demo import render_demo
 from pix2tex.preprocess import (
     DEFAULT_GLYPH_HEIGHT,
     GLYPH_ESTIMATORS,
@@ -30,12 +31,10 @@ from pix2tex.preprocess import (
     normalize_contrast,
     prepare,
 )
-from pix2tex.render import render_images
 from tests.helpers import SAMPLE as SAMPLE_DIR
 from tests.helpers import png_header_only
 
 SAMPLES = SAMPLE_DIR / "images"
-DEMO_FORMULAS = Path(__file__).resolve().parents[1] / "pix2tex" / "dataset" / "demo_formulas.txt"
 SAMPLE = SAMPLES / "60ee748793.png"  # a long formula with fractions and scripts, 500x100
 CFG = ModelConfig()
 SIZE = dict(patch_size=CFG.patch_size, max_height=CFG.max_height, max_width=CFG.max_width)
@@ -382,9 +381,7 @@ def test_capped_estimate_sees_past_a_big_operator_holding_most_ink(tmp_path: Pat
     for the glyphs (the image would be shrunk 3-4x); "stroke_capped" caps each component's vote
     and measures the demo's eight formulas (one font, one size) alike, and it measures formulas
     where no component holds a fifth of the ink exactly as "stroke" does."""
-    formulas = [f for f in DEMO_FORMULAS.read_text(encoding="utf-8").splitlines() if f.strip()]
-    contents = [crop_to_content(normalize_contrast(np.asarray(r.image.convert("L"))))
-                for r in render_images(formulas, "cm", 120, tmp_path)]
+    contents = [crop_to_content(normalize_contrast(np.asarray(r.image.convert("L")))) for r in render_demo(tmp_path)]
     stroke = np.array([estimate_glyph_height(c, "stroke") for c in contents])
     capped = np.array([estimate_glyph_height(c, "stroke_capped") for c in contents])
     assert stroke.max() / stroke.min() > 4  # the integral (44.9 px) and the sum (28.1) against 8-14

@@ -18,18 +18,17 @@ from benchmarks.serve import Server
 from benchmarks.web import chromium, foreign_requests, read_in_page, sample_images, wait_until_ready
 from pix2tex import decoding_rules
 from pix2tex.dataset.dataset import read_labels
+from pix2tex.demo import render_demo
 from pix2tex.export import main as export_main
 from pix2tex.inference import LatexOCR
 from pix2tex.normalize import normalize
 from pix2tex.preprocess import GLYPH_ESTIMATORS, estimate_glyph_height, ink_content, load_image, to_gray
-from pix2tex.render import render_images
 from pix2tex.serve import main as serve_main
 from pix2tex.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from pix2tex.web_export import WEB_MANIFEST, WebExportError, check_web_export, export_web
 from tests.helpers import REPO, SAMPLE
 
 NODE_RUNNER = REPO / "tests" / "web_reader_node.mjs"
-DEMO_FORMULAS = REPO / "pix2tex" / "dataset" / "demo_formulas.txt"
 
 
 @pytest.fixture(scope="module")
@@ -98,9 +97,8 @@ def test_page_prepares_real_images_as_python_does(web_dir, ocr):
 def test_page_measures_glyphs_as_python_does_with_every_estimator(web_dir, tmp_path):
     # The demo's formulas (a display integral and sum among them, whose ink "stroke_capped" outvotes)
     # rendered by TeX as `make demo` renders them, and real im2latex images.
-    formulas = [f for f in DEMO_FORMULAS.read_text(encoding="utf-8").splitlines() if f.strip()]
     paths = []
-    for k, result in enumerate(render_images(formulas, "cm", 120, tmp_path)):
+    for k, result in enumerate(render_demo(tmp_path)):
         paths.append(tmp_path / f"demo{k}.png")
         result.image.save(paths[-1])
     paths += sample_images(12)
